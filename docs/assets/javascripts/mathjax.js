@@ -1,0 +1,32 @@
+// MathJax 3, served by this site (node_modules/mathjax, copied by the ledger plugin).
+// Typesets the notes' math (pymdownx.arithmatex spans) and the notebooks' Markdown cells ($...$),
+// on first load and again after every instant navigation. Only those elements are scanned, so a
+// dollar sign elsewhere in a page stays text.
+function typesetSite() {
+  const math = document.querySelectorAll(".arithmatex, .jp-RenderedMarkdown");
+  MathJax.startup.output.clearCache();
+  MathJax.typesetClear();
+  MathJax.texReset();
+  return MathJax.typesetPromise([...math]);
+}
+
+window.MathJax = {
+  tex: {
+    inlineMath: [["\\(", "\\)"], ["$", "$"]],
+    displayMath: [["\\[", "\\]"], ["$$", "$$"]],
+    processEscapes: true,
+    processEnvironments: true,
+  },
+  startup: {
+    typeset: false,
+    ready: () => {
+      MathJax.startup.defaultReady();
+      MathJax.startup.promise.then(typesetSite);
+    },
+  },
+};
+
+document$.subscribe(() => {
+  // Before MathJax has loaded, `ready` above does the first typesetting.
+  if (MathJax.startup && MathJax.startup.promise) MathJax.startup.promise.then(typesetSite);
+});

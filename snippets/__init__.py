@@ -1,0 +1,1 @@
+"""The paper implementations the notes explain, the notebooks run and the tests check."""

@@ -1,0 +1,66 @@
+"""Re-execute notebooks in place and store their outputs: ``python -m vrn_site.execute [NOTEBOOK ...]``.
+
+With no argument, every notebook under notebooks/. Each notebook runs in its own folder, in a fresh
+kernel of this Python, and records when and where it ran in its metadata (``vrn.executed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_environment() -> dict[str, str]:
+    """Date, platform, Python, torch version and device of this run."""
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+    }
+
+
+def execute(path: Path, timeout: int = 600) -> float:
+    """Run every cell of ``path`` and write the notebook back with its outputs; return seconds."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        raise SystemExit(f"{path}: a cell failed while executing:\n{err}") from None
+    seconds = time.perf_counter() - start
+    nb.metadata["vrn"] = {"executed": run_environment() | {"seconds": round(seconds, 1)}}
+    nbformat.write(nb, path)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    paths = args.notebooks or sorted((ROOT / "notebooks").glob("**/*.ipynb"))
+    paths = [p for p in paths if ".ipynb_checkpoints" not in p.parts]
+    for path in paths:
+        seconds = execute(path)
+        print(f"{path}: executed in {seconds:.1f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
