@@ -16,6 +16,6 @@ def pick_device() -> torch.device:
 def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); return a CPU generator seeded the same."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (the legacy global RNG, for code that still uses it)
     torch.manual_seed(seed)  # also seeds every CUDA device
     return torch.Generator().manual_seed(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ MINI_NAV = """nav:
   - Home: index.md
   - Demo note: notes/demo.md
   - Demo notebook: notebooks/demo/demo.ipynb
+  - Ledger: ledger.md
 """
 
 
@@ -55,4 +57,5 @@ def mkdocs_build(site: Path, out: Path | None = None) -> subprocess.CompletedPro
         capture_output=True,
         text=True,
         timeout=300,
+        env=os.environ | {"NO_MKDOCS_2_WARNING": "1"},
     )

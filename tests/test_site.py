@@ -63,7 +63,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
         yield browser
         browser.close()
 
@@ -132,7 +134,11 @@ def test_math_is_typeset_in_notes_and_notebooks(browser, base_url, built_site):
     watch = PageWatch(browser, base_url)
     for path in math_pages:
         watch.page.goto(base_url + path, wait_until="networkidle")
-        scope = ".jp-RenderedMarkdown mjx-container" if path.startswith("notebooks/") else ".arithmatex mjx-container"
+        scope = (
+            ".jp-RenderedMarkdown mjx-container"
+            if path.startswith("notebooks/")
+            else ".arithmatex mjx-container"
+        )
         watch.page.wait_for_selector(scope, timeout=15_000)
         raw = watch.page.locator(".arithmatex:not(:has(mjx-container))").count()
         assert raw == 0, f"{path}: {raw} math spans left untypeset"

@@ -38,7 +38,10 @@ def execute(path: Path, timeout: int = 600) -> float:
     """Run every cell of ``path`` and write the notebook back with its outputs; return seconds."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
     )
     start = time.perf_counter()
     try:

@@ -32,7 +32,9 @@ class LedgerError(Exception):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("the claims ledger has problems:\n" + "\n".join(f"  - {p}" for p in problems))
+        super().__init__(
+            "the claims ledger has problems:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
 
 
 @dataclass
@@ -124,7 +126,9 @@ def read_claims(docs_dir: Path, problems: list[str]) -> list[Claim]:
             problems.append(f"{where}: 'claims' must be a list of claims")
             continue
         for n, entry in enumerate(entries, 1):
-            label = f"{where}: claim {entry.get('id', f'#{n}')!r}" if isinstance(entry, dict) else ""
+            label = (
+                f"{where}: claim {entry.get('id', f'#{n}')!r}" if isinstance(entry, dict) else ""
+            )
             if not isinstance(entry, dict):
                 problems.append(f"{where}: claim #{n} is not a mapping")
                 continue

@@ -26,16 +26,31 @@ from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin, event_priority
 from mkdocs.structure.files import File, Files
 
-from vrn_site.ledger import VERDICTS, Claim, LedgerError, claim_ids_in_tags, load_ledger, verdict_counts
+from vrn_site.ledger import (
+    VERDICTS,
+    Claim,
+    LedgerError,
+    claim_ids_in_tags,
+    load_ledger,
+    verdict_counts,
+)
 
 CLAIMS_MARKER = "<!-- claims-table -->"
 LEDGER_MARKER = "<!-- ledger -->"
 # Files of the npm packages the site serves itself (package.json), relative to node_modules/.
 VENDORED = {
-    "mathjax/es5": ("tex-mml-chtml.js", "output/chtml/fonts/woff-v2/*", "input/tex/extensions/**/*", "ui/*", "a11y/*"),
+    "mathjax/es5": (
+        "tex-mml-chtml.js",
+        "output/chtml/fonts/woff-v2/*",
+        "input/tex/extensions/**/*",
+        "ui/*",
+        "a11y/*",
+    ),
     "mermaid/dist": ("mermaid.min.js",),
 }
-NOTEBOOK_MATHJAX = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
+NOTEBOOK_MATHJAX = re.compile(
+    r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S
+)
 NOTEBOOK_MERMAID = re.compile(
     r'<script type="module">\s*document\.addEventListener\("DOMContentLoaded", async \(\) => \{\s*'
     r'const diagrams = document\.querySelectorAll\("\.jp-Mermaid.*?<!-- End of mermaid configuration -->',
@@ -60,7 +75,9 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             raise PluginError(str(err)) from None
         self.by_id = {c.id: c for c in self.claims}
         self.run = self._read_run_record()
-        config.watch.extend(str(p) for p in (self.notebooks_dir, self.root / "snippets") if p.is_dir())
+        config.watch.extend(
+            str(p) for p in (self.notebooks_dir, self.root / "snippets") if p.is_dir()
+        )
         return config
 
     def _read_run_record(self) -> dict | None:
@@ -70,7 +87,9 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         try:
             return json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise PluginError(f"{path}: the verifying run's record is not valid JSON: {err}") from None
+            raise PluginError(
+                f"{path}: the verifying run's record is not valid JSON: {err}"
+            ) from None
 
     @event_priority(100)  # before mkdocs-jupyter turns .ipynb files into pages
     def on_files(self, files: Files, config) -> Files:
@@ -91,7 +110,13 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
                     if path.is_file():
                         rel = path.relative_to(node_modules).as_posix()
                         files.append(
-                            File(rel, str(node_modules), config.site_dir, False, dest_uri=f"assets/vendor/{rel}")
+                            File(
+                                rel,
+                                str(node_modules),
+                                config.site_dir,
+                                False,
+                                dest_uri=f"assets/vendor/{rel}",
+                            )
                         )
         files.append(File.generated(config, "claims.json", content=self._claims_json()))
         return files
@@ -100,21 +125,29 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         src = page.file.src_uri
         own = [c for c in self.claims if c.note.as_posix() == src]
         if own and CLAIMS_MARKER not in markdown:
-            raise PluginError(f"docs/{src}: the page declares claims but has no '{CLAIMS_MARKER}' line")
+            raise PluginError(
+                f"docs/{src}: the page declares claims but has no '{CLAIMS_MARKER}' line"
+            )
         if own:
-            markdown = markdown.replace(CLAIMS_MARKER, self._claims_table(own, src, with_note=False))
+            markdown = markdown.replace(
+                CLAIMS_MARKER, self._claims_table(own, src, with_note=False)
+            )
         if LEDGER_MARKER in markdown:
             markdown = markdown.replace(LEDGER_MARKER, self._ledger(src))
         return markdown
 
     # --- rendering -------------------------------------------------------------------------
     def _link(self, from_src: str, to_src: str) -> str:
-        return os.path.relpath(to_src, PurePosixPath(from_src).parent.as_posix()).replace(os.sep, "/")
+        return os.path.relpath(to_src, PurePosixPath(from_src).parent.as_posix()).replace(
+            os.sep, "/"
+        )
 
     def _check_cell(self, claim: Claim, from_src: str) -> str:
         if claim.verdict == "unverifiable here":
             sources = "; ".join(claim.sources)
-            return f"not checkable: {_cell(claim.reason or '')}" + (f" ({_cell(sources)})" if sources else "")
+            return f"not checkable: {_cell(claim.reason or '')}" + (
+                f" ({_cell(sources)})" if sources else ""
+            )
         links = []
         for check in claim.checks:
             target = self._link(from_src, check.notebook.as_posix())
@@ -145,7 +178,9 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
                 self._result(c),
             ]
             if with_note:
-                cells.insert(0, f"[{c.note.stem}]({self._link(from_src, c.note.as_posix())}#claims)")
+                cells.insert(
+                    0, f"[{c.note.stem}]({self._link(from_src, c.note.as_posix())}#claims)"
+                )
             rows.append("| " + " | ".join(cells) + " |")
         return "\n".join(rows) + "\n"
 
@@ -162,7 +197,9 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         if self.run:
             results = list(self.run.get("claims", {}).values())
             lines += [
-                '!!! success "Last verifying run"' if "failed" not in results else '!!! failure "Last verifying run"',
+                '!!! success "Last verifying run"'
+                if "failed" not in results
+                else '!!! failure "Last verifying run"',
                 f"    {results.count('passed')} of {len(results)} checks passed on {self.run['date']}: "
                 f"{self.run['platform']}, Python {self.run['python']}, torch {self.run['torch']}, "
                 f"device {self.run['device']} ({self.run['mode']}).",
@@ -180,9 +217,14 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         return "\n".join(lines)
 
     def _executions(self) -> str:
-        rows = ["| Notebook | Outputs stored on | torch | Device | Seconds |", "|---|---|---|---|---|"]
+        rows = [
+            "| Notebook | Outputs stored on | torch | Device | Seconds |",
+            "|---|---|---|---|---|",
+        ]
         for path in sorted(self.notebooks_dir.glob("**/*.ipynb")):
-            meta = json.loads(path.read_text()).get("metadata", {}).get("vrn", {}).get("executed", {})
+            meta = (
+                json.loads(path.read_text()).get("metadata", {}).get("vrn", {}).get("executed", {})
+            )
             rel = path.relative_to(self.root).as_posix()
             rows.append(
                 f"| [{path.stem}]({self._link('ledger.md', rel)}) | {meta.get('date', '?')} | "
@@ -223,7 +265,9 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             f'<p class="vrn-download"><a href="{name}" download>Download this notebook</a> '
             "and run it locally (see the README), on CPU or GPU.</p>"
         )
-        return output.replace('<div class="jupyter-wrapper">', download + '<div class="jupyter-wrapper">', 1)
+        return output.replace(
+            '<div class="jupyter-wrapper">', download + '<div class="jupyter-wrapper">', 1
+        )
 
     def _claims_json(self) -> str:
         payload = {
@@ -231,7 +275,8 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             "verdict_counts": verdict_counts(self.claims),
             "last_run": {k: v for k, v in (self.run or {}).items() if k != "claims"} or None,
             "claims": [
-                c.to_json() | {"last_run": (self.run or {}).get("claims", {}).get(c.id)} for c in self.claims
+                c.to_json() | {"last_run": (self.run or {}).get("claims", {}).get(c.id)}
+                for c in self.claims
             ],
         }
         return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,270 @@
+"""The claims ledger and its guards: every kind of bad input fails loudly, naming the file and the
+problem. Each case breaks a copy of the one-note fixture site (tests/fixtures/mini) in one way."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import ROOT, mkdocs_build
+
+from vrn_site.ledger import LedgerError, has_assert, load_ledger
+
+NOTE = "docs/notes/demo.md"
+NOTEBOOK = "notebooks/demo/demo.ipynb"
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"fixture changed: {old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def edit_notebook(site: Path, change) -> None:
+    nb = nbformat.read(site / NOTEBOOK, as_version=4)
+    change(nb)
+    nbformat.write(nb, site / NOTEBOOK)
+
+
+def ledger_problems(site: Path) -> str:
+    with pytest.raises(LedgerError) as err:
+        load_ledger(site)
+    return str(err.value)
+
+
+def assert_build_fails(site: Path, *fragments: str) -> None:
+    result = mkdocs_build(site)
+    assert result.returncode != 0, "the strict build passed on broken input"
+    for fragment in fragments:
+        assert fragment in result.stderr, (
+            f"{fragment!r} not in the build's error:\n{result.stderr[-3000:]}"
+        )
+
+
+def nbval(site: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--color=no",
+            "--nbval",
+            "notebooks",
+            "-q",
+        ],
+        cwd=site,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+# --- the fixture itself is sound ----------------------------------------------------------------
+
+
+def test_the_fixture_ledger_loads_with_its_check(mini_site):
+    claims = {c.id: c for c in load_ledger(mini_site)}
+    assert set(claims) == {"demo.addition", "demo.unknowable"}
+    (check,) = claims["demo.addition"].checks
+    assert (check.notebook.as_posix(), check.cell) == (NOTEBOOK, 2)
+    assert claims["demo.unknowable"].checks == []
+
+
+def test_the_fixture_site_builds_with_claims_table_ledger_and_claims_json(mini_site):
+    result = mkdocs_build(mini_site)
+    assert result.returncode == 0, result.stderr[-3000:]
+    built = mini_site / "_site"
+    note = (built / "notes" / "demo" / "index.html").read_text()
+    assert 'href="../../notebooks/demo/demo/#claim-demo.addition"' in note
+    assert "verdict-unverifiable-here" in note
+    notebook = (built / "notebooks" / "demo" / "demo" / "index.html").read_text()
+    assert 'id="claim-demo.addition"' in notebook  # the anchor the claims table links to
+    assert "cdnjs" not in notebook and "Load mathjax" not in notebook
+    assert (
+        built / "notebooks" / "demo" / "demo" / "demo.ipynb"
+    ).exists()  # the download link's target
+    ledger = (built / "ledger" / "index.html").read_text()
+    assert "No verifying run in this build" in ledger
+    published = json.loads((built / "claims.json").read_text())
+    assert [c["id"] for c in published["claims"]] == ["demo.addition", "demo.unknowable"]
+    assert published["verdict_counts"]["holds"] == 1
+
+
+# --- claims and checks --------------------------------------------------------------------------
+
+
+def test_a_claim_without_a_check_is_named(mini_site):
+    edit_notebook(mini_site, lambda nb: nb.cells[2].metadata.update(tags=[]))
+    problems = ledger_problems(mini_site)
+    assert f"{NOTE}: claim 'demo.addition' has no check" in problems
+    assert_build_fails(mini_site, "demo.addition", "has no check")
+
+
+def test_a_tagged_cell_without_an_assert_is_named(mini_site):
+    edit_notebook(mini_site, lambda nb: setattr(nb.cells[2], "source", "print(total == 4)"))
+    problems = ledger_problems(mini_site)
+    assert (
+        f"{NOTEBOOK}: cell 2 is tagged as the check of demo.addition but has no assert" in problems
+    )
+    assert_build_fails(mini_site, NOTEBOOK, "has no assert")
+
+
+def test_a_check_of_an_unknown_claim_is_named(mini_site):
+    edit_notebook(mini_site, lambda nb: nb.cells[2].metadata["tags"].append("claim:demo.missing"))
+    problems = ledger_problems(mini_site)
+    assert f"{NOTEBOOK}: cell 2 checks unknown claim 'demo.missing'" in problems
+
+
+def test_a_duplicate_claim_id_is_named(mini_site):
+    other = mini_site / "docs" / "notes" / "other.md"
+    other.write_text((mini_site / NOTE).read_text())
+    problems = ledger_problems(mini_site)
+    assert "claim 'demo.addition' repeats an id already used in docs/notes/" in problems
+    assert_build_fails(mini_site, "repeats an id")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("verdict: holds", "verdict: true-ish", "verdict 'true-ish' is not one of"),
+        ('    finding: "The sum is four."\n', "", "claim 'demo.addition' lacks finding"),
+        ("seed: X1", "seed: first", "seed 'first' is not a brief number"),
+        ("id: demo.addition", "id: Demo Addition", "id must be lowercase"),
+        ('    reason: "It needs a source this machine cannot reach."\n', "", "gives no reason"),
+        ("    seed: X1", "    seed: X1\n    colour: blue", "has unknown field(s) colour"),
+    ],
+)
+def test_a_malformed_claim_is_named(mini_site, old, new, message):
+    edit(mini_site / NOTE, old, new)
+    problems = ledger_problems(mini_site)
+    assert NOTE in problems and message in problems, problems
+
+
+def test_a_page_with_claims_but_no_table_marker_fails_the_build(mini_site):
+    edit(mini_site / NOTE, "<!-- claims-table -->", "")
+    assert_build_fails(mini_site, NOTE, "has no '<!-- claims-table -->' line")
+
+
+def test_a_notebook_that_is_not_json_is_named(mini_site):
+    (mini_site / NOTEBOOK).write_text('{"cells": [')
+    problems = ledger_problems(mini_site)
+    assert f"{NOTEBOOK}: not a valid notebook (JSONDecodeError" in problems
+    assert_build_fails(mini_site, NOTEBOOK, "not a valid notebook")
+
+
+# --- links --------------------------------------------------------------------------------------
+
+
+def test_a_broken_link_in_a_note_fails_the_build(mini_site):
+    edit(
+        mini_site / NOTE,
+        "[notebook](../notebooks/demo/demo.ipynb)",
+        "[notebook](../notebooks/demo/gone.ipynb)",
+    )
+    assert_build_fails(mini_site, "notes/demo.md", "gone.ipynb")
+
+
+def test_a_broken_link_in_a_notebook_fails_the_build(mini_site):
+    edit_notebook(
+        mini_site,
+        lambda nb: setattr(
+            nb.cells[0], "source", nb.cells[0].source.replace("notes/demo/", "notes/gone/")
+        ),
+    )
+    assert_build_fails(mini_site, "notebooks/demo/demo.ipynb", "notes/gone/")
+
+
+def test_a_notebook_link_to_an_ipynb_file_fails_the_build(mini_site):
+    edit_notebook(
+        mini_site, lambda nb: setattr(nb.cells[0], "source", "# Demo\n\nSee [other](other.ipynb).")
+    )
+    assert_build_fails(mini_site, "notebooks/demo/demo.ipynb", "links to 'other.ipynb'")
+
+
+# --- notebooks under nbval, and the run record --------------------------------------------------
+
+
+def test_nbval_passes_and_records_the_verified_claims(mini_site):
+    result = nbval(mini_site)
+    assert result.returncode == 0, result.stdout[-3000:]
+    record = json.loads((mini_site / "build" / "verification.json").read_text())
+    assert record["claims"] == {"demo.addition": "passed"}
+    assert record["device"] and record["torch"] and record["mode"].startswith("nbval:")
+    # the ledger page now shows that run
+    assert mkdocs_build(mini_site).returncode == 0
+    ledger = (mini_site / "_site" / "ledger" / "index.html").read_text()
+    assert "1 of 1 checks passed" in ledger
+
+
+def test_a_cell_that_raises_fails_nbval_naming_the_notebook(mini_site):
+    edit_notebook(
+        mini_site,
+        lambda nb: setattr(nb.cells[1], "source", "total = 2 + 2\nraise ValueError('boom')"),
+    )
+    result = nbval(mini_site)
+    assert result.returncode != 0
+    assert NOTEBOOK in result.stdout and "ValueError" in result.stdout, result.stdout[-3000:]
+    assert "boom" in result.stdout
+    record = json.loads((mini_site / "build" / "verification.json").read_text())
+    assert record["claims"]["demo.addition"] in {"passed", "failed"}  # recorded either way
+
+
+def test_a_failing_check_is_recorded_as_failed(mini_site):
+    edit_notebook(mini_site, lambda nb: setattr(nb.cells[1], "source", "total = 2 + 3\nprint(4)"))
+    result = nbval(mini_site)
+    assert result.returncode != 0 and "AssertionError" in result.stdout, result.stdout[-3000:]
+    record = json.loads((mini_site / "build" / "verification.json").read_text())
+    assert record["claims"] == {"demo.addition": "failed"}
+
+
+def test_a_stored_output_that_no_longer_matches_fails_nbval(mini_site):
+    edit_notebook(mini_site, lambda nb: nb.cells[1].outputs[0].update(text="5\n"))
+    result = nbval(mini_site)
+    assert result.returncode != 0
+    assert NOTEBOOK in result.stdout and "mismatch" in result.stdout.lower(), result.stdout[-3000:]
+
+
+def test_the_executor_names_the_notebook_whose_cell_fails(mini_site):
+    edit_notebook(mini_site, lambda nb: setattr(nb.cells[1], "source", "raise KeyError('gone')"))
+    result = subprocess.run(
+        [sys.executable, "-m", "vrn_site.execute", str(mini_site / NOTEBOOK)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert f"{mini_site / NOTEBOOK}: a cell failed" in result.stderr and "KeyError" in result.stderr
+
+
+# --- the assert detector ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("assert x == 1", True),
+        ("torch.testing.assert_close(a, b)", True),
+        ("np.testing.assert_allclose(a, b, rtol=1e-6)", True),
+        ("%matplotlib inline\nassert ok", True),
+        ("print(x == 1)", False),
+        ("x == 1", False),
+        ("# assert x == 1", False),
+        ("'assert inside a string'", False),
+        ("def f(:\n  assert x", False),
+    ],
+)
+def test_has_assert(source, expected):
+    assert has_assert(source) is expected
+
+
+def test_the_project_ledger_is_sound():
+    claims = load_ledger(ROOT)
+    assert claims, "the project declares no claims"
+    for claim in claims:
+        assert claim.checks or claim.verdict == "unverifiable here", claim.id
