@@ -200,3 +200,23 @@ def test_claims_json_publishes_the_whole_ledger(built_site):
         assert entry["verdict"] and entry["finding"] and entry["seed"]
         assert entry["checks"] or entry["verdict"] == "unverifiable here", entry["id"]
     assert sum(published["verdict_counts"].values()) == len(claims)
+
+
+def test_mermaid_diagrams_render(browser, base_url, built_site):
+    pages = [
+        p
+        for p in site_pages(built_site)
+        if 'class="mermaid"' in (built_site / p / "index.html").read_text()
+    ]
+    assert pages, "no page has a Mermaid diagram"
+    watch = PageWatch(browser, base_url)
+    for path in pages:
+        watch.page.goto(base_url + path, wait_until="networkidle")
+        # Material renders each diagram into a shadow root: wait for the SVG inside it.
+        watch.page.wait_for_function(
+            "() => [...document.querySelectorAll('.mermaid')].every("
+            "d => d.shadowRoot && d.shadowRoot.querySelector('svg'))",
+            timeout=15_000,
+        )
+    watch.close()
+    assert not watch.problems, "\n".join(watch.problems)

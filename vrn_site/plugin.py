@@ -195,12 +195,13 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             "",
         ]
         if self.run:
-            results = list(self.run.get("claims", {}).values())
+            outcomes = self.run.get("claims", {})
+            checkable = [c.id for c in self.claims if c.verdict != "unverifiable here"]
+            passed = sum(outcomes.get(i) == "passed" for i in checkable)
+            kind = "success" if passed == len(checkable) else "failure"
             lines += [
-                '!!! success "Last verifying run"'
-                if "failed" not in results
-                else '!!! failure "Last verifying run"',
-                f"    {results.count('passed')} of {len(results)} checks passed on {self.run['date']}: "
+                f'!!! {kind} "Last verifying run"',
+                f"    {passed} of {len(checkable)} checks passed on {self.run['date']}: "
                 f"{self.run['platform']}, Python {self.run['python']}, torch {self.run['torch']}, "
                 f"device {self.run['device']} ({self.run['mode']}).",
                 "",
