@@ -1,0 +1,205 @@
+"""Decoding: our filters against transformers' logits warpers, our generate against its generate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from test_gpt import tiny_gpt2_pair
+from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+from snippets.decoding import generate, sample_next, top_k_filter, top_p_filter
+
+NEG_INF = float("-inf")
+
+
+@st.composite
+def logits_batches(draw: st.DrawFn, allow_ties: bool = True) -> torch.Tensor:
+    """(B, V) float32 logits; with ``allow_ties`` some are rounded to integers, so values tie."""
+    batch, vocab = draw(st.integers(1, 4)), draw(st.integers(1, 40))
+    seed = draw(st.integers(0, 2**16))
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, vocab, generator=gen) * draw(st.sampled_from([0.1, 1.0, 5.0]))
+    if allow_ties and draw(st.booleans()):
+        logits = logits.round()  # many equal values
+    return logits
+
+
+def boundary_gap(logits: torch.Tensor, p: float) -> float:
+    """How far p is from every cumulative probability of the sorted rows (float64)."""
+    probs = logits.double().softmax(-1).sort(dim=-1, descending=True).values
+    return (probs.cumsum(-1) - p).abs().min().item()
+
+
+@settings(max_examples=100, deadline=None)
+@given(logits=logits_batches(), k=st.integers(1, 50))
+def test_top_k_equals_transformers(logits: torch.Tensor, k: int) -> None:
+    # Both keep every logit tied with the k-th largest, so ties give the same set.
+    expected = TopKLogitsWarper(top_k=k)(None, logits)
+    torch.testing.assert_close(top_k_filter(logits, k), expected, rtol=0, atol=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(logits=logits_batches(allow_ties=False), p=st.floats(0.0, 1.0, exclude_max=True))
+def test_top_p_equals_transformers_without_ties(logits: torch.Tensor, p: float) -> None:
+    # Where a cumulative sum lands on p itself, float32 rounding decides; both sides may differ.
+    assume(boundary_gap(logits, p) > 1e-5)
+    assume(logits.flatten().unique().numel() == logits.numel())
+    expected = TopPLogitsWarper(top_p=p)(None, logits)
+    torch.testing.assert_close(top_p_filter(logits, p), expected, rtol=0, atol=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(logits=logits_batches(), p=st.floats(0.0, 1.0, exclude_max=True))
+def test_top_p_with_ties_keeps_transformers_set_and_ties(logits: torch.Tensor, p: float) -> None:
+    """transformers breaks a tie at the nucleus' edge by sort order; we keep every tied token."""
+    assume(boundary_gap(logits, p) > 1e-5)
+    ours = top_p_filter(logits, p) > NEG_INF  # (B, V) kept
+    theirs = TopPLogitsWarper(top_p=p)(None, logits) > NEG_INF
+    assert (ours | ~theirs).all()  # theirs is a subset of ours
+    # Every extra token ties with the least likely token transformers kept.
+    edge = logits.masked_fill(~theirs, float("inf")).min(dim=-1, keepdim=True).values  # (B, 1)
+    assert (logits[ours & ~theirs] == edge.expand_as(logits)[ours & ~theirs]).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(logits=logits_batches(), p=st.floats(0.0, 1.0))
+def test_top_p_keeps_smallest_set_reaching_p(logits: torch.Tensor, p: float) -> None:
+    assume(boundary_gap(logits, p) > 1e-5)
+    kept = top_p_filter(logits, p) > NEG_INF  # (B, V)
+    probs = logits.double().softmax(-1)
+    assert (kept.sum(-1) >= 1).all()
+    for row_probs, row_kept in zip(probs, kept, strict=True):
+        mass = row_probs[row_kept].sum()
+        least = row_probs[row_kept].min()
+        assert mass >= p or row_kept.all()
+        # Dropping the least likely kept tokens (a tie group) falls short of p, unless they are all
+        # that is kept: at least one token always survives.
+        above = row_kept & (row_probs > least)
+        assert not above.any() or row_probs[above].sum() < p
+
+
+def test_filters_renormalise_the_survivors() -> None:
+    logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(0))
+    probs = logits.softmax(-1)
+    for filtered in (top_k_filter(logits, 5), top_p_filter(logits, 0.7)):
+        kept = filtered > NEG_INF
+        renormalised = torch.where(kept, probs, 0.0) / (probs * kept).sum(-1, keepdim=True)
+        torch.testing.assert_close(filtered.softmax(-1), renormalised)
+
+
+def test_filter_argument_checks() -> None:
+    with pytest.raises(ValueError):
+        top_k_filter(torch.zeros(1, 3), 0)
+    with pytest.raises(ValueError):
+        top_p_filter(torch.zeros(1, 3), 1.5)
+    with pytest.raises(ValueError):
+        sample_next(torch.zeros(1, 3), temperature=-1.0)
+
+
+def test_temperature_zero_and_top_k_one_are_greedy() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 30, generator=gen)
+    greedy = logits.argmax(-1)
+    assert torch.equal(sample_next(logits, temperature=0.0), greedy)
+    assert torch.equal(sample_next(logits, top_k=1, generator=gen), greedy)
+    assert torch.equal(sample_next(logits, top_p=0.0, generator=gen), greedy)
+
+
+def test_sampling_follows_the_filtered_distribution() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])
+    draws = sample_next(logits.expand(20000, -1), temperature=0.7, top_k=3, generator=gen)
+    freq = torch.bincount(draws, minlength=5).double() / draws.numel()
+    expected = top_k_filter(logits / 0.7, 3).double().softmax(-1)[0]
+    # 20000 draws: the standard error of each frequency is below 0.004.
+    torch.testing.assert_close(freq, expected, rtol=0, atol=0.02)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_greedy_generate_matches_transformers(batch: int) -> None:
+    hf, ours = tiny_gpt2_pair()
+    prompt = torch.randint(1, 61, (batch, 5), generator=torch.Generator().manual_seed(batch))
+    expected = hf.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=20,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    for use_cache in (True, False):
+        got = generate(ours, prompt, 20, temperature=0.0, use_cache=use_cache)
+        assert torch.equal(got, expected)
+
+
+def test_greedy_generate_stops_at_eos_like_transformers() -> None:
+    hf, ours = tiny_gpt2_pair()
+    prompt = torch.randint(1, 61, (3, 4), generator=torch.Generator().manual_seed(7))
+    free = generate(ours, prompt, 12, temperature=0.0)
+    eos = int(free[0, 4 + 3])  # the first row emits this token at its fourth step
+    expected = hf.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=eos,  # finished rows are padded with eos, as ours are
+    )
+    got = generate(ours, prompt, 12, temperature=0.0, eos_id=eos)
+    assert torch.equal(got, expected)
+    first_eos = int((free[0, 4:] == eos).nonzero()[0])  # step at which row 0 first emits eos
+    assert (got[0, 4 + first_eos :] == eos).all()
+    # A single row stops right after its end token.
+    alone = generate(ours, prompt[:1], 12, temperature=0.0, eos_id=eos)
+    assert torch.equal(alone, free[:1, : 4 + first_eos + 1])
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(1.0, None, None), (0.8, 10, 0.9)])
+def test_sampled_generate_matches_transformers(
+    temperature: float, top_k: int | None, top_p: float | None
+) -> None:
+    """Same warpers in the same order, same draws from the global RNG: the same tokens."""
+    hf, ours = tiny_gpt2_pair()
+    prompt = torch.randint(1, 61, (2, 3), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(123)
+    expected = hf.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=15,
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k or 0,
+        top_p=top_p or 1.0,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    torch.manual_seed(123)
+    got = generate(ours, prompt, 15, temperature=temperature, top_k=top_k, top_p=top_p)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 1.2, "top_p": 0.9}])
+def test_cache_changes_nothing_but_the_cost(sampling: dict) -> None:
+    _, ours = tiny_gpt2_pair(seed=2)
+    prompt = torch.randint(0, 61, (2, 6), generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for use_cache in (True, False):
+        gen = torch.Generator().manual_seed(5)
+        runs[use_cache] = generate(
+            ours, prompt, 26, use_cache=use_cache, generator=gen, return_logits=True, **sampling
+        )
+    (ids_c, logits_c), (ids_n, logits_n) = runs[True], runs[False]
+    assert torch.equal(ids_c, ids_n)
+    assert logits_c.shape == (2, 26, 61)
+    torch.testing.assert_close(logits_c, logits_n, rtol=1e-5, atol=1e-5)
+
+
+def test_generate_refuses_to_run_past_block_size() -> None:
+    _, ours = tiny_gpt2_pair()
+    prompt = torch.zeros(1, 30, dtype=torch.long)
+    assert generate(ours, prompt, 2, temperature=0.0).shape == (1, 32)
+    for use_cache in (True, False):
+        with pytest.raises(ValueError, match="block_size"):
+            generate(ours, prompt, 3, temperature=0.0, use_cache=use_cache)

@@ -1,0 +1,87 @@
+"""Our GPT against transformers' GPT2LMHeadModel with the same (random) weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from snippets.attention import MultiHeadAttention
+from snippets.gpt import GPT, GPTConfig, from_gpt2_state_dict
+
+# float32 on CPU: the two models sum the same products in different orders.
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def tiny_gpt2_pair(seed: int = 0) -> tuple[GPT2LMHeadModel, GPT]:
+    """A random-initialised tiny GPT-2 and our GPT holding the same weights."""
+    torch.manual_seed(seed)
+    hf_cfg = GPT2Config(
+        vocab_size=61,
+        n_positions=32,
+        n_embd=48,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    hf = GPT2LMHeadModel(hf_cfg).eval()
+    cfg = GPTConfig(vocab_size=61, block_size=32, n_layers=2, n_heads=4, d_model=48)
+    return hf, from_gpt2_state_dict(hf.state_dict(), cfg).eval()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 7), (3, 32)])
+def test_logits_match_transformers_gpt2(shape: tuple[int, int]) -> None:
+    hf, ours = tiny_gpt2_pair()
+    idx = torch.randint(0, 61, shape)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), hf(idx).logits, **TOL)
+
+
+def test_cached_forward_matches_full_forward() -> None:
+    _, ours = tiny_gpt2_pair(seed=1)
+    idx = torch.randint(0, 61, (2, 12))
+    with torch.no_grad():
+        full = ours(idx)  # (2, 12, V)
+        cache = ours.new_cache()
+        # A prompt of 5, then one token at a time, then a chunk of 3 at once.
+        parts = [ours(idx[:, :5], cache)]
+        parts += [ours(idx[:, t : t + 1], cache) for t in range(5, 9)]
+        parts.append(ours(idx[:, 9:], cache))
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, **TOL)
+    assert len(cache[0]) == 12
+
+
+def test_decoder_only_causal_and_tied() -> None:
+    _, ours = tiny_gpt2_pair()
+    attentions = [m for m in ours.modules() if isinstance(m, MultiHeadAttention)]
+    assert len(attentions) == ours.cfg.n_layers  # one self-attention per block, no cross-attention
+    assert ours.lm_head.weight is ours.wte.weight
+    idx = torch.randint(0, 61, (1, 10))
+    changed = idx.clone()
+    changed[0, 6] = (idx[0, 6] + 1) % 61
+    with torch.no_grad():
+        a, b = ours(idx), ours(changed)
+    torch.testing.assert_close(a[:, :6], b[:, :6], rtol=0, atol=0)  # the past ignores the future
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_block_size_is_enforced() -> None:
+    _, ours = tiny_gpt2_pair()
+    with pytest.raises(ValueError, match="block_size"):
+        ours(torch.zeros(1, 33, dtype=torch.long))
+    cache = ours.new_cache()
+    ours(torch.zeros(1, 32, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="block_size"):
+        ours(torch.zeros(1, 1, dtype=torch.long), cache)
+
+
+def test_gpt2_loader_rejects_grouped_heads() -> None:
+    hf, _ = tiny_gpt2_pair()
+    cfg = GPTConfig(vocab_size=61, block_size=32, n_layers=2, n_heads=4, n_kv_heads=2, d_model=48)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        from_gpt2_state_dict(hf.state_dict(), cfg)
