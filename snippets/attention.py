@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -31,6 +30,8 @@ def scaled_dot_product_attention(
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)  # (..., Lq, Lk)
     return weights @ v, weights  # (..., Lq, dv), (..., Lq, Lk)
+
+
 # --8<-- [end:sdpa]
 
 
@@ -62,31 +63,47 @@ def grouped_query_attention(
         mask = mask.expand(B, H, Lq, Lk).reshape(B, Hkv, G * Lq, Lk)  # (B, Hkv, G*Lq, Lk)
     out, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, Hkv, G*Lq, dv)
     return out.view(B, H, Lq, -1), weights.view(B, H, Lq, Lk)  # (B, H, Lq, dv), (B, H, Lq, Lk)
+
+
 # --8<-- [end:gqa]
 
 
+# --8<-- [start:kvcache]
 class KVCache:
     """Keys and values of the positions decoded so far, for one attention layer.
 
     Holds ``n_kv_heads`` heads only: with GQA or MQA the cache is n_heads / n_kv_heads times
-    smaller.
+    smaller. ``k`` and ``v`` are views of preallocated buffers that double when full, so a decoding
+    step writes only its new position instead of copying the whole cache (made for inference:
+    do not backpropagate through several appends).
     """
 
     def __init__(self) -> None:
         self.k: torch.Tensor | None = None  # (B, n_kv_heads, L, head_dim)
         self.v: torch.Tensor | None = None
+        self._k_buf: torch.Tensor | None = None  # (B, n_kv_heads, capacity, head_dim)
+        self._v_buf: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.size(2)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add the new positions' k, v (B, n_kv_heads, L_new, head_dim); return all of them."""
-        if self.k is None:
-            self.k, self.v = k, v
-        else:
-            self.k = torch.cat([self.k, k], dim=2)  # (B, n_kv_heads, L + L_new, head_dim)
-            self.v = torch.cat([self.v, v], dim=2)
+        L, end = len(self), len(self) + k.size(2)
+        if self._k_buf is None or end > self._k_buf.size(2):
+            # Double the capacity: the old cache is copied O(log L) times in all, not every step.
+            B, Hkv, _, hd = k.shape
+            k_buf = k.new_empty(B, Hkv, 2 * end, hd)  # (B, Hkv, capacity, hd)
+            v_buf = v.new_empty(B, Hkv, 2 * end, v.size(3))
+            if L:
+                k_buf[:, :, :L], v_buf[:, :, :L] = self.k, self.v
+            self._k_buf, self._v_buf = k_buf, v_buf
+        self._k_buf[:, :, L:end], self._v_buf[:, :, L:end] = k, v
+        self.k, self.v = self._k_buf[:, :, :end], self._v_buf[:, :, :end]  # (B, Hkv, L + L_new, hd)
         return self.k, self.v
+
+
+# --8<-- [end:kvcache]
 
 
 # --8<-- [start:mha]
@@ -155,6 +172,8 @@ class MultiHeadAttention(nn.Module):
         if need_weights:
             return out, weights
         return out
+
+
 # --8<-- [end:mha]
 
 
