@@ -52,8 +52,8 @@ test: lint unit site ## every check; ends with pytest's summary
 test-gpu: ## the same on a GPU machine: notebooks in lax mode, their asserts still hold
 	$(MAKE) test NBVAL=--nbval-lax
 
-notebooks: $(STAMP) ## re-execute every notebook and store its outputs
-	$(PY) -m vrn_site.execute
+notebooks: $(STAMP) ## re-execute every notebook and store its outputs (one thread, as the tests run them)
+	OMP_NUM_THREADS=1 $(PY) -m vrn_site.execute
 
 lab: $(STAMP) ## open the notebooks in JupyterLab
 	$(PY) -m pip install --quiet -e ".[lab]"

@@ -16,12 +16,18 @@ from torch import nn
 
 # --8<-- [start:sdpa]
 def scaled_dot_product_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    dropout: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V  (Eq. 1 of Vaswani et al.).
 
     q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv); ``mask`` is boolean, broadcastable to
-    (..., Lq, Lk), True where a query may attend. Returns (output (..., Lq, dv), weights (..., Lq, Lk)).
+    (..., Lq, Lk), True where a query may attend. ``dropout``, if given, drops attention weights
+    before they mix the values (as torch.nn.MultiheadAttention does). Returns
+    (output (..., Lq, dv), weights (..., Lq, Lk)), the weights before dropout.
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (..., Lq, Lk)
     if mask is not None:
@@ -29,7 +35,8 @@ def scaled_dot_product_attention(
         # weights still sums to 1 over the positions that are allowed.
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)  # (..., Lq, Lk)
-    return weights @ v, weights  # (..., Lq, dv), (..., Lq, Lk)
+    mixing = weights if dropout is None else dropout(weights)
+    return mixing @ v, weights  # (..., Lq, dv), (..., Lq, Lk)
 
 
 # --8<-- [end:sdpa]
@@ -42,7 +49,11 @@ def causal_mask(n: int, device: torch.device | str | None = None) -> torch.Tenso
 
 # --8<-- [start:gqa]
 def grouped_query_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    dropout: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of H query heads over Hkv <= H shared key/value heads (GQA, Ainslie et al. 2023).
 
@@ -61,7 +72,7 @@ def grouped_query_attention(
     q = q.reshape(B, Hkv, G * Lq, d)  # (B, Hkv, G*Lq, d)
     if mask is not None:
         mask = mask.expand(B, H, Lq, Lk).reshape(B, Hkv, G * Lq, Lk)  # (B, Hkv, G*Lq, Lk)
-    out, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, Hkv, G*Lq, dv)
+    out, weights = scaled_dot_product_attention(q, k, v, mask, dropout)  # (B, Hkv, G*Lq, dv)
     return out.view(B, H, Lq, -1), weights.view(B, H, Lq, Lk)  # (B, H, Lq, dv), (B, H, Lq, Lk)
 
 
@@ -164,8 +175,8 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, Hkv, L_past + Lk, hd)
 
-        out, weights = grouped_query_attention(q, k, v, mask)  # (B, H, Lq, hd), (B, H, Lq, Lk)
-        out = self.dropout(out)
+        # Dropout on the attention weights, as torch.nn.MultiheadAttention and the paper's code do.
+        out, weights = grouped_query_attention(q, k, v, mask, self.dropout)  # (B, H, Lq, hd)
 
         # Concat(head_1, ..., head_h) W^O  (Section 3.2.2)
         out = self.o_proj(out.transpose(1, 2).reshape(B, Lq, H * hd))  # (B, Lq, d_model)
