@@ -99,6 +99,22 @@ def test_the_fixture_site_builds_with_claims_table_ledger_and_claims_json(mini_s
 # --- claims and checks --------------------------------------------------------------------------
 
 
+def test_two_checks_of_one_claim_in_one_notebook_get_their_own_anchors(mini_site):
+    def add_second_check(nb):
+        nb.cells.append(nbformat.v4.new_code_cell("assert total % 2 == 0", execution_count=3))
+        nb.cells[-1].metadata["tags"] = ["claim:demo.addition"]
+
+    edit_notebook(mini_site, add_second_check)
+    (claim, _) = load_ledger(mini_site)
+    assert [c.anchor for c in claim.checks] == ["claim-demo.addition", "claim-demo.addition-2"]
+    assert mkdocs_build(mini_site).returncode == 0
+    built = mini_site / "_site"
+    notebook = (built / "notebooks" / "demo" / "demo" / "index.html").read_text()
+    assert 'id="claim-demo.addition"' in notebook and 'id="claim-demo.addition-2"' in notebook
+    note = (built / "notes" / "demo" / "index.html").read_text()
+    assert 'href="../../notebooks/demo/demo/#claim-demo.addition-2">demo, In [3]</a>' in note
+
+
 def test_a_claim_without_a_check_is_named(mini_site):
     edit_notebook(mini_site, lambda nb: nb.cells[2].metadata.update(tags=[]))
     problems = ledger_problems(mini_site)

@@ -81,9 +81,14 @@ class PageWatch:
             lambda m: m.type == "error" and self.problems.append(f"console error: {m.text}"),
         )
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        # A request cut short because the test moved on to the next page is no fault of the site;
+        # a missing file shows up as an HTTP error below.
         self.page.on(
             "requestfailed",
-            lambda r: self.problems.append(f"failed request: {r.url} ({r.failure})"),
+            lambda r: (
+                "ERR_ABORTED" not in (r.failure or "")
+                and self.problems.append(f"failed request: {r.url} ({r.failure})")
+            ),
         )
         self.page.on(
             "response",
@@ -123,26 +128,25 @@ def test_every_page_loads_cleanly_and_stays_on_the_host(browser, base_url, built
 
 
 def test_math_is_typeset_in_notes_and_notebooks(browser, base_url, built_site):
-    math_pages = [
-        p
-        for p in site_pages(built_site)
-        if "arithmatex" in (built_site / p / "index.html").read_text()
-        or ("$" in (built_site / p / "index.html").read_text() and p.startswith("notebooks/"))
-    ]
-    assert any(p.startswith("notes/") for p in math_pages), math_pages
-    assert any(p.startswith("notebooks/") for p in math_pages), math_pages
     watch = PageWatch(browser, base_url)
-    for path in math_pages:
+    typeset = {}
+    for path in site_pages(built_site):
         watch.page.goto(base_url + path, wait_until="networkidle")
-        scope = (
-            ".jp-RenderedMarkdown mjx-container"
-            if path.startswith("notebooks/")
-            else ".arithmatex mjx-container"
+        watch.page.wait_for_function(
+            "() => window.MathJax && MathJax.startup && MathJax.startup.promise"
         )
-        watch.page.wait_for_selector(scope, timeout=15_000)
+        watch.page.evaluate("() => MathJax.startup.promise")
         raw = watch.page.locator(".arithmatex:not(:has(mjx-container))").count()
-        assert raw == 0, f"{path}: {raw} math spans left untypeset"
+        assert raw == 0, f"{path}: {raw} formulas of the note left untypeset"
+        leftover = watch.page.eval_on_selector_all(
+            ".jp-RenderedMarkdown",
+            r"cells => cells.filter(c => /\$[^$\s][^$]*\$/.test(c.innerText)).length",
+        )
+        assert leftover == 0, f"{path}: {leftover} notebook Markdown cells show raw $...$ math"
+        typeset[path] = watch.page.locator("mjx-container").count()
     watch.close()
+    assert any(n for p, n in typeset.items() if p.startswith("notes/")), typeset
+    assert any(n for p, n in typeset.items() if p.startswith("notebooks/")), typeset
     assert not watch.problems, "\n".join(watch.problems)
 
 
@@ -212,10 +216,12 @@ def test_mermaid_diagrams_render(browser, base_url, built_site):
     watch = PageWatch(browser, base_url)
     for path in pages:
         watch.page.goto(base_url + path, wait_until="networkidle")
-        # Material renders each diagram into a shadow root: wait for the SVG inside it.
+        # Material swaps each <pre class="mermaid"> source for a <div class="mermaid"> that holds
+        # the drawn SVG in a closed shadow root: wait for every swap and a drawing of real size.
         watch.page.wait_for_function(
-            "() => [...document.querySelectorAll('.mermaid')].every("
-            "d => d.shadowRoot && d.shadowRoot.querySelector('svg'))",
+            "() => !document.querySelector('pre.mermaid') && "
+            "[...document.querySelectorAll('div.mermaid')].every("
+            "d => d.getBoundingClientRect().height > 50)",
             timeout=15_000,
         )
     watch.close()

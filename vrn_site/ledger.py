@@ -37,15 +37,18 @@ class LedgerError(Exception):
         )
 
 
+def check_anchor(claim_id: str, n: int) -> str:
+    """The HTML id of the n-th (from 1) cell of a notebook page that checks ``claim_id``."""
+    return f"claim-{claim_id}" if n == 1 else f"claim-{claim_id}-{n}"
+
+
 @dataclass
 class Check:
     notebook: Path  # relative to the repository root
     cell: int  # index of the cell in the notebook
     cell_id: str | None
-
-    @property
-    def anchor(self) -> str:
-        return f"cell-{self.cell}"
+    execution_count: int | None  # the "In [n]" a reader sees beside the cell
+    anchor: str  # the HTML id of the cell on the notebook's page
 
 
 @dataclass
@@ -71,7 +74,12 @@ class Claim:
             "reason": self.reason,
             "sources": self.sources,
             "checks": [
-                {"notebook": c.notebook.as_posix(), "cell": c.cell, "cell_id": c.cell_id}
+                {
+                    "notebook": c.notebook.as_posix(),
+                    "cell": c.cell,
+                    "cell_id": c.cell_id,
+                    "anchor": c.anchor,
+                }
                 for c in self.checks
             ],
         }
@@ -186,7 +194,17 @@ def read_checks(root: Path, notebooks_dir: Path, problems: list[str]) -> dict[st
                     "but has no assert"
                 )
             for claim_id in ids:
-                checks.setdefault(claim_id, []).append(Check(rel, index, cell.get("id")))
+                found = checks.setdefault(claim_id, [])
+                n = 1 + sum(c.notebook == rel for c in found)
+                found.append(
+                    Check(
+                        rel,
+                        index,
+                        cell.get("id"),
+                        cell.get("execution_count"),
+                        check_anchor(claim_id, n),
+                    )
+                )
     return checks
 
 

@@ -30,6 +30,7 @@ from vrn_site.ledger import (
     VERDICTS,
     Claim,
     LedgerError,
+    check_anchor,
     claim_ids_in_tags,
     load_ledger,
     verdict_counts,
@@ -151,31 +152,28 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         links = []
         for check in claim.checks:
             target = self._link(from_src, check.notebook.as_posix())
-            links.append(f"[{check.notebook.stem}, cell {check.cell}]({target}#claim-{claim.id})")
-        return ", ".join(links)
+            prompt = f"In [{check.execution_count}]" if check.execution_count else "cell"
+            links.append(f"[{check.notebook.stem}, {prompt}]({target}#{check.anchor})")
+        return "<br>".join(links) + "<br>" + self._result(claim)
 
     def _result(self, claim: Claim) -> str:
-        if claim.verdict == "unverifiable here":
-            return "n/a"
         if not self.run:
-            return "not run in this build"
+            return '<span class="run">not run in this build</span>'
         outcome = self.run.get("claims", {}).get(claim.id, "not run")
-        mark = {"passed": "✅ passed", "failed": "❌ failed"}.get(outcome, outcome)
-        return mark
+        return f'<span class="run run-{outcome.replace(" ", "-")}">{outcome}</span>'
 
     def _claims_table(self, claims: list[Claim], from_src: str, with_note: bool) -> str:
-        head = ["Seed", "The notes said", "Verdict", "What we found", "Check", "Last run"]
+        head = ["Seed", "The notes said", "Verdict", "What we found", "Check and last run"]
         if with_note:
             head.insert(0, "Note")
         rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in claims:
             cells = [
-                f"**{c.seed}** <br><small>`{c.id}`</small>",
+                f'<strong title="{c.id}">{c.seed}</strong>',
                 _cell(c.claim),
                 _badge(c.verdict),
                 _cell(c.finding),
                 self._check_cell(c, from_src),
-                self._result(c),
             ]
             if with_note:
                 cells.insert(
@@ -240,17 +238,20 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         output = NOTEBOOK_MATHJAX.sub("", output)
         output = NOTEBOOK_MERMAID.sub("", output)
 
+        seen: dict[str, int] = {}
+
         def mark(match: re.Match) -> str:
             tags = re.findall(r"celltag_(claim:\S+?)(?=[\s\"])", match.group(0))
             banners = []
             for claim_id in claim_ids_in_tags(tags):
                 claim = self.by_id[claim_id]
+                seen[claim_id] = seen.get(claim_id, 0) + 1
                 note_url = self._link(page.file.src_uri, claim.note.as_posix())
                 note_url = _page_url(note_url, config.use_directory_urls)
                 banners.append(
-                    f'<div class="vrn-check" id="claim-{claim.id}">Checks claim '
-                    f'<a href="{note_url}#claims">{claim.seed} · {html.escape(claim.id)}</a> '
-                    f'<span class="verdict verdict-{claim.verdict.replace(" ", "-")}">{claim.verdict}</span></div>'
+                    f'<div class="vrn-check" id="{check_anchor(claim_id, seen[claim_id])}">'
+                    f'Checks claim <a href="{note_url}#claims">{claim.seed} · '
+                    f"{html.escape(claim.id)}</a> {_badge(claim.verdict)}</div>"
                 )
             return "".join(banners) + match.group(0)
 
