@@ -48,8 +48,12 @@ def mini_site(tmp_path: Path) -> Path:
     return site
 
 
-def mkdocs_build(site: Path, out: Path | None = None) -> subprocess.CompletedProcess:
-    """``mkdocs build --strict`` of the site whose mkdocs.yml is in ``site``, output captured."""
+def mkdocs_build(
+    site: Path, out: Path | None = None, site_url: str | None = None
+) -> subprocess.CompletedProcess:
+    """``mkdocs build --strict`` of the site whose mkdocs.yml is in ``site``, output captured.
+
+    ``site_url`` is where it will be served (Material's instant navigation needs the right one)."""
     out = out or site / "_site"
     return subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
@@ -57,5 +61,7 @@ def mkdocs_build(site: Path, out: Path | None = None) -> subprocess.CompletedPro
         capture_output=True,
         text=True,
         timeout=300,
-        env=os.environ | {"NO_MKDOCS_2_WARNING": "1"},
+        env=os.environ
+        | {"NO_MKDOCS_2_WARNING": "1"}
+        | ({"SITE_URL": site_url} if site_url else {}),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import socket
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,9 +35,17 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def built_site(tmp_path_factory) -> Path:
+def port() -> int:
+    """A free port on 127.0.0.1 (the site is built for it: site_url must match for instant loading)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory, port: int) -> Path:
     out = tmp_path_factory.mktemp("built")
-    result = mkdocs_build(ROOT, out)
+    result = mkdocs_build(ROOT, out, site_url=f"http://127.0.0.1:{port}/")
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-5000:]}"
     return out
 
@@ -47,9 +56,9 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def base_url(built_site: Path):
+def base_url(built_site: Path, port: int):
     handler = functools.partial(_QuietHandler, directory=str(built_site))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/"
@@ -150,12 +159,22 @@ def test_math_is_typeset_in_notes_and_notebooks(browser, base_url, built_site):
     assert not watch.problems, "\n".join(watch.problems)
 
 
-def test_math_typeset_after_instant_navigation(browser, base_url):
+@pytest.mark.parametrize(
+    ("link", "math"),
+    [
+        ("notes/attention/", ".arithmatex mjx-container"),
+        ("notebooks/attention/transformer/", ".jp-RenderedMarkdown mjx-container"),
+    ],
+)
+def test_math_typeset_after_instant_navigation(browser, base_url, link, math):
     watch = PageWatch(browser, base_url)
     watch.page.goto(base_url, wait_until="networkidle")
-    watch.page.locator("a.md-nav__link[href$='notes/attention/']").first.click()
-    watch.page.wait_for_url("**/notes/attention/")
-    watch.page.wait_for_selector(".arithmatex mjx-container", timeout=15_000)
+    watch.page.evaluate("() => { window.__not_reloaded = true; }")
+    watch.page.locator(f"a.md-nav__link[href$='{link}']").first.click()
+    watch.page.wait_for_url(f"**/{link}")
+    watch.page.wait_for_selector(math, timeout=15_000)
+    # instant navigation swapped the content in place: the page was not reloaded
+    assert watch.page.evaluate("() => window.__not_reloaded === true")
     watch.close()
     assert not watch.problems, "\n".join(watch.problems)
 
