@@ -149,7 +149,11 @@ def test_a_duplicate_claim_id_is_named(mini_site):
     ("old", "new", "message"),
     [
         ("verdict: holds", "verdict: true-ish", "verdict 'true-ish' is not one of"),
-        ('    finding: "The sum is four."\n', "", "claim 'demo.addition' lacks finding"),
+        (
+            '    finding: "The sum is {{ demo.total }}."\n',
+            "",
+            "claim 'demo.addition' lacks finding",
+        ),
         ("seed: X1", "seed: first", "seed 'first' is not a brief number"),
         ("id: demo.addition", "id: Demo Addition", "id must be lowercase"),
         ('    reason: "It needs a source this machine cannot reach."\n', "", "gives no reason"),
@@ -172,6 +176,28 @@ def test_a_notebook_that_is_not_json_is_named(mini_site):
     problems = ledger_problems(mini_site)
     assert f"{NOTEBOOK}: not a valid notebook (JSONDecodeError" in problems
     assert_build_fails(mini_site, NOTEBOOK, "not a valid notebook")
+
+
+# --- numbers quoted from notebooks ----------------------------------------------------------------
+
+
+def test_a_quoted_number_comes_from_the_notebook_output(mini_site):
+    assert mkdocs_build(mini_site).returncode == 0
+    note = (mini_site / "_site" / "notes" / "demo" / "index.html").read_text()
+    assert "two plus two is 4." in note and "The sum is 4." in note and "{{" not in note
+    published = json.loads((mini_site / "_site" / "claims.json").read_text())
+    assert published["claims"][0]["finding"] == "The sum is 4."
+
+
+def test_a_quote_of_an_unpublished_number_fails_the_build(mini_site):
+    edit(mini_site / NOTE, "{{ demo.total }}.\n", "{{ demo.product }}.\n")
+    assert_build_fails(mini_site, NOTE, "demo.product", "prints 'product = ...'")
+
+
+def test_a_changed_number_fails_nbval_before_it_reaches_the_page(mini_site):
+    edit_notebook(mini_site, lambda nb: nb.cells[3].outputs[0].update(text="total = 5\n"))
+    result = nbval(mini_site)
+    assert result.returncode != 0 and "mismatch" in result.stdout.lower(), result.stdout[-3000:]
 
 
 # --- links --------------------------------------------------------------------------------------

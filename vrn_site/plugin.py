@@ -5,7 +5,8 @@ claims.json, and the scripts the site serves itself.
   naming the claim and the file.
 - on_files: add every notebook under ``notebooks_dir`` as a page (before mkdocs-jupyter converts
   them), and the vendored MathJax and Mermaid files from node_modules under assets/vendor/.
-- on_page_markdown: replace ``<!-- claims-table -->`` on a note page with its claims, and
+- on_page_markdown: fill in the numbers a note quotes from its notebooks (``{{ notebook.name }}``,
+  vrn_site.values); replace ``<!-- claims-table -->`` on a note page with its claims, and
   ``<!-- ledger -->`` with every claim of the site, counts by verdict and the last verifying run.
 - on_post_page: on notebook pages, drop mkdocs-jupyter's own MathJax/Mermaid loaders (the site loads
   its own) and mark each checking cell with an anchor ``claim-<id>`` and a link back to its note.
@@ -35,6 +36,7 @@ from vrn_site.ledger import (
     load_ledger,
     verdict_counts,
 )
+from vrn_site.values import fill, published_values
 
 CLAIMS_MARKER = "<!-- claims-table -->"
 LEDGER_MARKER = "<!-- ledger -->"
@@ -74,12 +76,22 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             self.claims = load_ledger(self.root, Path(config.docs_dir), self.notebooks_dir)
         except LedgerError as err:
             raise PluginError(str(err)) from None
+        self.values = published_values(self.notebooks_dir)
+        for claim in self.claims:
+            claim.claim = self._fill(claim.claim, f"docs/{claim.note}")
+            claim.finding = self._fill(claim.finding, f"docs/{claim.note}")
         self.by_id = {c.id: c for c in self.claims}
         self.run = self._read_run_record()
         config.watch.extend(
             str(p) for p in (self.notebooks_dir, self.root / "snippets") if p.is_dir()
         )
         return config
+
+    def _fill(self, text: str, where: str) -> str:
+        try:
+            return fill(text, self.values, where)
+        except KeyError as err:
+            raise PluginError(err.args[0]) from None
 
     def _read_run_record(self) -> dict | None:
         path = self.root / self.config.run_record
@@ -124,6 +136,7 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
 
     def on_page_markdown(self, markdown: str, page, config, files) -> str:
         src = page.file.src_uri
+        markdown = self._fill(markdown, f"docs/{src}")
         own = [c for c in self.claims if c.note.as_posix() == src]
         if own and CLAIMS_MARKER not in markdown:
             raise PluginError(
