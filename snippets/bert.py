@@ -290,7 +290,7 @@ def wordpiece(
 ) -> list[str]:
     """Split one (lower-cased, punctuation-free) word into WordPiece tokens, greedily: take the
     longest prefix in ``vocab``, then the longest ``##``-continuation of the rest, and so on.
-    A word with no such split becomes ``[unk]``."""
+    A word with no such split becomes ``unk`` (default ``[UNK]``)."""
     if len(word) > max_chars:
         return [unk]
     pieces, start = [], 0
