@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, mkdocs_build
 
 from vrn_site.ledger import LedgerError, has_assert, load_ledger
+from vrn_site.values import REFERENCE, fill, published_values
 
 NOTE = "docs/notes/demo.md"
 NOTEBOOK = "notebooks/demo/demo.ipynb"
@@ -310,3 +311,13 @@ def test_the_project_ledger_is_sound():
     assert claims, "the project declares no claims"
     for claim in claims:
         assert claim.checks or claim.verdict == "unverifiable here", claim.id
+
+
+def test_the_project_notes_quote_only_published_values():
+    values = published_values(ROOT / "notebooks")
+    quoted = 0
+    for page in sorted((ROOT / "docs").glob("**/*.md")):
+        text = page.read_text()
+        quoted += len(REFERENCE.findall(text))
+        fill(text, values, str(page.relative_to(ROOT)))  # raises KeyError naming the page
+    assert quoted > 0, "no note quotes a measured number from its notebooks"
