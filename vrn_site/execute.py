@@ -41,6 +41,7 @@ def execute(path: Path, timeout: int = 600) -> float:
         nb,
         timeout=timeout,
         kernel_name="python3",
+        record_timing=False,  # per-cell timestamps would change every stored cell on each run
         resources={"metadata": {"path": str(path.parent)}},
     )
     start = time.perf_counter()
