@@ -17,6 +17,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from vrn_site.ledger import notebook_paths
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,9 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
     args = parser.parse_args(argv)
-    paths = args.notebooks or sorted((ROOT / "notebooks").glob("**/*.ipynb"))
-    paths = [p for p in paths if ".ipynb_checkpoints" not in p.parts]
-    for path in paths:
+    for path in args.notebooks or notebook_paths(ROOT / "notebooks"):
         seconds = execute(path)
         print(f"{path}: executed in {seconds:.1f} s", file=sys.stderr)
 

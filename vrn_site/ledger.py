@@ -85,6 +85,13 @@ class Claim:
         }
 
 
+def notebook_paths(notebooks_dir: Path) -> list[Path]:
+    """Every notebook under ``notebooks_dir``, sorted, without Jupyter's checkpoint copies."""
+    return [
+        p for p in sorted(notebooks_dir.glob("**/*.ipynb")) if ".ipynb_checkpoints" not in p.parts
+    ]
+
+
 def claim_ids_in_tags(tags: list[str]) -> list[str]:
     """The claim ids named by a cell's tags (``claim:<id>``)."""
     return [t[len(TAG_PREFIX) :] for t in tags if t.startswith(TAG_PREFIX)]
@@ -174,9 +181,7 @@ def read_claims(docs_dir: Path, problems: list[str]) -> list[Claim]:
 
 def read_checks(root: Path, notebooks_dir: Path, problems: list[str]) -> dict[str, list[Check]]:
     checks: dict[str, list[Check]] = {}
-    for path in sorted(notebooks_dir.glob("**/*.ipynb")):
-        if ".ipynb_checkpoints" in path.parts:
-            continue
+    for path in notebook_paths(notebooks_dir):
         rel = path.relative_to(root)
         try:
             cells = json.loads(path.read_text(encoding="utf-8"))["cells"]

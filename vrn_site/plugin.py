@@ -34,6 +34,7 @@ from vrn_site.ledger import (
     check_anchor,
     claim_ids_in_tags,
     load_ledger,
+    notebook_paths,
     verdict_counts,
 )
 from vrn_site.values import fill, published_values
@@ -106,10 +107,9 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
 
     @event_priority(100)  # before mkdocs-jupyter turns .ipynb files into pages
     def on_files(self, files: Files, config) -> Files:
-        for path in sorted(self.notebooks_dir.glob("**/*.ipynb")):
-            if ".ipynb_checkpoints" not in path.parts:
-                rel = path.relative_to(self.root).as_posix()
-                files.append(File(rel, str(self.root), config.site_dir, config.use_directory_urls))
+        for path in notebook_paths(self.notebooks_dir):
+            rel = path.relative_to(self.root).as_posix()
+            files.append(File(rel, str(self.root), config.site_dir, config.use_directory_urls))
         node_modules = self.root / self.config.node_modules
         for package_dir, patterns in VENDORED.items():
             base = node_modules / package_dir
@@ -233,7 +233,7 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             "| Notebook | Outputs stored on | torch | Device | Seconds |",
             "|---|---|---|---|---|",
         ]
-        for path in sorted(self.notebooks_dir.glob("**/*.ipynb")):
+        for path in notebook_paths(self.notebooks_dir):
             meta = (
                 json.loads(path.read_text()).get("metadata", {}).get("vrn", {}).get("executed", {})
             )

@@ -13,6 +13,8 @@ import json
 import re
 from pathlib import Path
 
+from vrn_site.ledger import notebook_paths
+
 PUBLISH_TAG = "publish"
 LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*) = (.+)$")
 REFERENCE = re.compile(r"\{\{\s*([A-Za-z0-9_-]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -28,7 +30,7 @@ def publish(**values: object) -> None:
 def published_values(notebooks_dir: Path) -> dict[str, dict[str, str]]:
     """{notebook stem: {name: value}} from the stored outputs of cells tagged ``publish``."""
     found: dict[str, dict[str, str]] = {}
-    for path in sorted(notebooks_dir.glob("**/*.ipynb")):
+    for path in notebook_paths(notebooks_dir):
         try:
             cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
         except (json.JSONDecodeError, KeyError, TypeError):
