@@ -18,8 +18,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "mini"
 
 MINI_NAV = """nav:
   - Home: index.md
-  - Demo note: notes/demo.md
-  - Demo notebook: notebooks/demo/demo.ipynb
+  - Notes: []
   - Ledger: ledger.md
 """
 

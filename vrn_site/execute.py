@@ -7,8 +7,6 @@ kernel of this Python, and records when and where it ran in its metadata (``vrn.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import platform
 import sys
 import time
 from pathlib import Path
@@ -18,22 +16,9 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from vrn_site.ledger import notebook_paths
+from vrn_site.record import run_environment
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_environment() -> dict[str, str]:
-    """Date, platform, Python, torch version and device of this run."""
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "platform": f"{platform.system()} {platform.machine()}",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": device,
-    }
 
 
 def execute(path: Path, timeout: int = 600) -> float:

@@ -6,21 +6,33 @@ raises ``LedgerError`` listing every problem, each naming the file and the claim
 a claim with no check, a check naming an unknown claim, a tagged cell without an assert, a duplicate
 id, a missing or unknown field, a notebook that is not valid JSON.
 
+Each notebook is read once (``read_notebook``): its checks, the values its ``publish`` cells print,
+its figures (cells tagged ``figure:<name>``) and its execution record. ``load_site`` adds the notes
+(title, place in the navigation, their notebooks) and ties everything together.
+
 ``python -m vrn_site.ledger`` checks the ledger of this repository and prints a summary.
 """
 
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 VERDICTS = ("holds", "nuance", "corrected", "answered", "unverifiable here")
+UNVERIFIABLE = "unverifiable here"
 TAG_PREFIX = "claim:"
+FIGURE_PREFIX = "figure:"
+PUBLISH_TAG = "publish"
+MIN_FIGURE_DPI = 150
+VALUE_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*) = (.+)$")
+FIGURE_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 ID_PATTERN = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
 SEED_PATTERN = re.compile(r"^[A-Z][0-9]+$")
 REQUIRED = ("id", "seed", "claim", "verdict", "finding")
@@ -136,7 +148,7 @@ def read_claims(docs_dir: Path, problems: list[str]) -> list[Claim]:
         entries = front_matter(page).get("claims")
         if entries is None:
             continue
-        where = page.relative_to(docs_dir.parent) if docs_dir.parent in page.parents else page
+        where = _where(page, docs_dir)
         if not isinstance(entries, list):
             problems.append(f"{where}: 'claims' must be a list of claims")
             continue
@@ -162,8 +174,8 @@ def read_claims(docs_dir: Path, problems: list[str]) -> list[Claim]:
                 problems.append(
                     f"{label}: verdict {entry['verdict']!r} is not one of {', '.join(VERDICTS)}"
                 )
-            if entry["verdict"] == "unverifiable here" and not entry.get("reason"):
-                problems.append(f"{label} is 'unverifiable here' but gives no reason")
+            if entry["verdict"] == UNVERIFIABLE and not entry.get("reason"):
+                problems.append(f"{label} is '{UNVERIFIABLE}' but gives no reason")
             claims.append(
                 Claim(
                     id=str(entry["id"]),
@@ -179,49 +191,198 @@ def read_claims(docs_dir: Path, problems: list[str]) -> list[Claim]:
     return claims
 
 
-def read_checks(root: Path, notebooks_dir: Path, problems: list[str]) -> dict[str, list[Check]]:
-    checks: dict[str, list[Check]] = {}
-    for path in notebook_paths(notebooks_dir):
-        rel = path.relative_to(root)
-        try:
-            cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            problems.append(f"{rel}: not a valid notebook ({err.__class__.__name__}: {err})")
-            continue
-        for index, cell in enumerate(cells):
-            ids = claim_ids_in_tags(cell.get("metadata", {}).get("tags", []))
-            if not ids:
-                continue
+@dataclass
+class Figure:
+    notebook: Path  # relative to the repository root
+    name: str
+    png: bytes
+
+    @property
+    def src_uri(self) -> str:
+        """Where the site serves it, relative to docs_dir (what a note's image link names)."""
+        return f"figures/{self.notebook.stem}/{self.name}.png"
+
+
+@dataclass
+class Notebook:
+    """One notebook, read once: what the ledger, the values and the site need from it."""
+
+    path: Path  # relative to the repository root
+    checks: dict[str, list[Check]] = field(default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    executed: dict = field(default_factory=dict)  # metadata.vrn.executed, written by the executor
+
+
+@dataclass
+class Note:
+    slug: str  # docs/notes/<slug>.md, notebooks/<slug>/
+    src: Path  # relative to docs_dir
+    title: str
+    nav_title: str
+    order: int
+    notebooks: dict[str, str]  # notebook stem -> short title in the navigation, in reading order
+
+
+def png_dpi(png: bytes) -> float | None:
+    """The resolution a PNG declares in its pHYs chunk (dots per inch), None if it declares none."""
+    at = png.find(b"pHYs")
+    if at < 0:
+        return None
+    x_per_unit, _, unit = struct.unpack(">IIB", png[at + 4 : at + 13])
+    return x_per_unit * 0.0254 if unit == 1 else None
+
+
+def read_notebook(root: Path, path: Path, problems: list[str]) -> Notebook | None:
+    """Checks, published values, figures and execution record of one notebook (None if unreadable)."""
+    rel = path.relative_to(root)
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        cells = nb["cells"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        problems.append(f"{rel}: not a valid notebook ({err.__class__.__name__}: {err})")
+        return None
+    found = Notebook(rel, executed=(nb.get("metadata") or {}).get("vrn", {}).get("executed", {}))
+    for index, cell in enumerate(cells):
+        tags = (cell.get("metadata") or {}).get("tags", [])
+        ids = claim_ids_in_tags(tags)
+        if ids:
             source = "".join(cell.get("source", ""))
             if cell.get("cell_type") != "code" or not has_assert(source):
                 problems.append(
                     f"{rel}: cell {index} is tagged as the check of {', '.join(ids)} "
                     "but has no assert"
                 )
-            for claim_id in ids:
-                found = checks.setdefault(claim_id, [])
-                n = 1 + sum(c.notebook == rel for c in found)
-                found.append(
-                    Check(
-                        rel,
-                        index,
-                        cell.get("id"),
-                        cell.get("execution_count"),
-                        check_anchor(claim_id, n),
-                    )
+        for claim_id in ids:
+            same = found.checks.setdefault(claim_id, [])
+            same.append(
+                Check(
+                    rel,
+                    index,
+                    cell.get("id"),
+                    cell.get("execution_count"),
+                    check_anchor(claim_id, len(same) + 1),
                 )
-    return checks
+            )
+        outputs = cell.get("outputs", [])
+        if PUBLISH_TAG in tags:
+            for output in outputs:
+                if output.get("output_type") == "stream" and output.get("name") == "stdout":
+                    for line in "".join(output.get("text", "")).splitlines():
+                        if match := VALUE_LINE.match(line.strip()):
+                            found.values[match.group(1)] = match.group(2).strip()
+        for name in (t[len(FIGURE_PREFIX) :] for t in tags if t.startswith(FIGURE_PREFIX)):
+            where = f"{rel}: cell {index} (tag {FIGURE_PREFIX}{name})"
+            pngs = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+            if not FIGURE_NAME.match(name):
+                problems.append(f"{where}: a figure name is lowercase words joined by '-'")
+            elif name in found.figures:
+                problems.append(f"{where}: the notebook already has a figure named {name!r}")
+            elif len(pngs) != 1:
+                problems.append(f"{where}: has {len(pngs)} PNG outputs, a figure cell needs one")
+            else:
+                png = base64.b64decode("".join(pngs[0]))
+                dpi = png_dpi(png)
+                if dpi is None or dpi < MIN_FIGURE_DPI - 1:
+                    problems.append(
+                        f"{where}: the PNG is {dpi or 'of unknown'} dpi, below {MIN_FIGURE_DPI}: "
+                        "call snippets.runtime.setup() first (it stores figures at 200 dpi)"
+                    )
+                found.figures[name] = Figure(rel, name, png)
+    return found
 
 
-def load_ledger(root: Path, docs_dir: Path | None = None, notebooks_dir: Path | None = None):
-    """All claims of the site with their checks; raises LedgerError naming each problem."""
+def read_notes(docs_dir: Path, notebooks: list[Notebook], problems: list[str]) -> list[Note]:
+    """The notes (docs/notes/*.md) and their notebooks, each notebook listed by exactly one note."""
+    notes: list[Note] = []
+    for page in sorted((docs_dir / "notes").glob("*.md")):
+        where = _where(page, docs_dir)
+        meta = front_matter(page)
+        slug = page.stem
+        listed = meta.get("notebooks") or {}
+        if not isinstance(listed, dict):
+            problems.append(f"{where}: 'notebooks' must map each notebook's file stem to a title")
+            listed = {}
+        order = meta.get("order")
+        if not isinstance(order, int):
+            problems.append(f"{where}: front matter needs 'order', the note's place in the Notes")
+            order = 10**6
+        title = str(meta.get("title") or slug)
+        notes.append(
+            Note(
+                slug,
+                page.relative_to(docs_dir),
+                title,
+                str(meta.get("nav_title") or title),
+                order,
+                {str(k): str(v) for k, v in listed.items()},
+            )
+        )
+    by_slug = {n.slug: n for n in notes}
+    for nb in notebooks:
+        folder = nb.path.parent.name
+        note = by_slug.get(folder)
+        if note is None:
+            problems.append(f"{nb.path}: no note docs/notes/{folder}.md for its folder")
+        elif nb.path.stem not in note.notebooks:
+            problems.append(
+                f"{nb.path}: not listed under 'notebooks' in the front matter of docs/{note.src}"
+            )
+    stems = {nb.path.stem: nb.path for nb in notebooks if nb.path.parent.name}
+    for note in notes:
+        for stem in note.notebooks:
+            path = stems.get(stem)
+            if path is None or path.parent.name != note.slug:
+                problems.append(
+                    f"docs/{note.src}: lists notebook {stem!r}, but there is no "
+                    f"notebooks/{note.slug}/{stem}.ipynb"
+                )
+    return sorted(notes, key=lambda n: (n.order, n.slug))
+
+
+@dataclass
+class Site:
+    """Everything the site machinery needs, read once from docs/ and notebooks/."""
+
+    claims: list[Claim]
+    notes: list[Note]
+    notebooks: list[Notebook]
+
+    @property
+    def values(self) -> dict[str, dict[str, str]]:
+        """{notebook stem: {name: value}}, from the stored outputs of cells tagged ``publish``."""
+        return {nb.path.stem: nb.values for nb in self.notebooks}
+
+    @property
+    def figures(self) -> list[Figure]:
+        return [f for nb in self.notebooks for f in nb.figures.values()]
+
+
+def load_site(root: Path, docs_dir: Path | None = None, notebooks_dir: Path | None = None) -> Site:
+    """Notes, claims and notebooks of the site; raises LedgerError naming each problem."""
     root = Path(root)
-    docs_dir = docs_dir or root / "docs"
-    notebooks_dir = notebooks_dir or root / "notebooks"
+    docs_dir = Path(docs_dir or root / "docs")
+    notebooks_dir = Path(notebooks_dir or root / "notebooks")
     problems: list[str] = []
     claims = read_claims(docs_dir, problems)
-    checks = read_checks(root, notebooks_dir, problems)
+    notebooks = [
+        nb for p in notebook_paths(notebooks_dir) if (nb := read_notebook(root, p, problems))
+    ]
+    notes = read_notes(docs_dir, notebooks, problems)
 
+    stems: dict[str, Path] = {}
+    for nb in notebooks:
+        if nb.path.stem in stems:
+            problems.append(
+                f"{nb.path}: another notebook, {stems[nb.path.stem]}, has the same file name; "
+                f"notes quote values as {{{{ {nb.path.stem}.name }}}}, so names must be unique"
+            )
+        stems.setdefault(nb.path.stem, nb.path)
+
+    checks: dict[str, list[Check]] = {}
+    for nb in notebooks:
+        for claim_id, found in nb.checks.items():
+            checks.setdefault(claim_id, []).extend(found)
     seen: dict[str, Path] = {}
     for claim in claims:
         if claim.id in seen:
@@ -230,10 +391,10 @@ def load_ledger(root: Path, docs_dir: Path | None = None, notebooks_dir: Path | 
             )
         seen.setdefault(claim.id, claim.note)
         claim.checks = checks.get(claim.id, [])
-        if claim.verdict == "unverifiable here":
+        if claim.verdict == UNVERIFIABLE:
             if claim.checks:
                 problems.append(
-                    f"docs/{claim.note}: claim {claim.id!r} is 'unverifiable here' but has a check"
+                    f"docs/{claim.note}: claim {claim.id!r} is '{UNVERIFIABLE}' but has a check"
                 )
         elif not claim.checks:
             problems.append(
@@ -249,7 +410,16 @@ def load_ledger(root: Path, docs_dir: Path | None = None, notebooks_dir: Path | 
                 )
     if problems:
         raise LedgerError(problems)
-    return claims
+    return Site(claims, notes, notebooks)
+
+
+def load_ledger(root: Path, docs_dir: Path | None = None, notebooks_dir: Path | None = None):
+    """All claims of the site with their checks; raises LedgerError naming each problem."""
+    return load_site(root, docs_dir, notebooks_dir).claims
+
+
+def _where(page: Path, docs_dir: Path) -> Path:
+    return page.relative_to(docs_dir.parent) if docs_dir.parent in page.parents else page
 
 
 def verdict_counts(claims: list[Claim]) -> dict[str, int]:

@@ -1,20 +1,23 @@
-"""MkDocs plugin ``ledger``: notebooks from notebooks/, the claims tables, the ledger page,
-claims.json, and the scripts the site serves itself.
+"""MkDocs plugin ``ledger``: notes, notebooks and claims become pages, tables and claims.json.
 
-- on_config: load and check the ledger (vrn_site.ledger); any problem stops the build with a message
-  naming the claim and the file.
-- on_files: add every notebook under ``notebooks_dir`` as a page (before mkdocs-jupyter converts
-  them), and the vendored MathJax and Mermaid files from node_modules under assets/vendor/.
-- on_page_markdown: fill in the numbers a note quotes from its notebooks (``{{ notebook.name }}``,
-  vrn_site.values); replace ``<!-- claims-table -->`` on a note page with its claims, and
-  ``<!-- ledger -->`` with every claim of the site, counts by verdict and the last verifying run.
+Everything comes from one read of docs/ and notebooks/ (vrn_site.ledger.load_site) in on_config:
+- on_config: load and check the site (any problem stops the build, naming the claim and the file);
+  fill the "Notes" section of the navigation: each note, then its notebooks, in the notes' order.
+- on_files: add every notebook as a page (before mkdocs-jupyter converts them), each figure of a
+  notebook (a cell tagged ``figure:<name>``) as ``figures/<notebook>/<name>.png``, claims.json, and
+  the vendored MathJax and Mermaid files from node_modules under assets/vendor/.
+- on_page_markdown: fill in quoted numbers (``{{ notebook.name }}``, vrn_site.values); replace each
+  ``<!-- claim: <id> -->`` with the claim's verdict, check link and last run, ``<!-- claims-table -->``
+  with the page's claims and ``<!-- ledger -->`` with every claim of the site; reject images without
+  alt text.
 - on_post_page: on notebook pages, drop mkdocs-jupyter's own MathJax/Mermaid loaders (the site loads
-  its own) and mark each checking cell with an anchor ``claim-<id>`` and a link back to its note.
-  claims.json, the whole ledger, is added at the site root.
+  its own) and mark each checking cell, found by its cell id, with its anchor and a link back to the
+  section of the note that argues the claim.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -27,20 +30,24 @@ from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin, event_priority
 from mkdocs.structure.files import File, Files
 
+from vrn_site import record
 from vrn_site.ledger import (
+    UNVERIFIABLE,
     VERDICTS,
     Claim,
     LedgerError,
-    check_anchor,
     claim_ids_in_tags,
-    load_ledger,
-    notebook_paths,
+    load_site,
     verdict_counts,
 )
-from vrn_site.values import fill, published_values
+from vrn_site.values import fill
 
 CLAIMS_MARKER = "<!-- claims-table -->"
 LEDGER_MARKER = "<!-- ledger -->"
+VERDICT_MARKER = re.compile(r"^<!-- claim: (\S+) -->[ \t]*$", re.M)
+IMAGE_WITHOUT_ALT = re.compile(r"!\[\s*\]\(")
+NOTES_SECTION = "Notes"
+TAGGED_CELL = re.compile(r'<div (?:id="[^"]*" )?class="jp-Cell [^"]*celltag_claim:[^"]*">')
 # Files of the npm packages the site serves itself (package.json), relative to node_modules/.
 VENDORED = {
     "mathjax/es5": (
@@ -60,33 +67,43 @@ NOTEBOOK_MERMAID = re.compile(
     r'const diagrams = document\.querySelectorAll\("\.jp-Mermaid.*?<!-- End of mermaid configuration -->',
     re.S,
 )
-TAGGED_CELL = re.compile(r'<div (?:id="[^"]*" )?class="jp-Cell [^"]*celltag_claim:[^"]*">')
 
 
 class LedgerConfig(Config):
     notebooks_dir = config_options.Type(str, default="notebooks")
     node_modules = config_options.Type(str, default="node_modules")
-    run_record = config_options.Type(str, default="build/verification.json")
+    run_record = config_options.Type(str, default=record.DEFAULT_PATH)
 
 
 class LedgerPlugin(BasePlugin[LedgerConfig]):
     def on_config(self, config):
         self.root = Path(config.config_file_path).resolve().parent
+        self.docs_dir = Path(config.docs_dir)
         self.notebooks_dir = self.root / self.config.notebooks_dir
         try:
-            self.claims = load_ledger(self.root, Path(config.docs_dir), self.notebooks_dir)
-        except LedgerError as err:
+            self.site = load_site(self.root, self.docs_dir, self.notebooks_dir)
+            self.run = record.read(self.root / self.config.run_record)
+        except (LedgerError, ValueError) as err:
             raise PluginError(str(err)) from None
-        self.values = published_values(self.notebooks_dir)
-        for claim in self.claims:
-            claim.claim = self._fill(claim.claim, f"docs/{claim.note}")
-            claim.finding = self._fill(claim.finding, f"docs/{claim.note}")
+        self.values = self.site.values
+        self.claims = [
+            dataclasses.replace(
+                c,
+                claim=self._fill(c.claim, self._docs(c.note)),
+                finding=self._fill(c.finding, self._docs(c.note)),
+            )
+            for c in self.site.claims
+        ]
         self.by_id = {c.id: c for c in self.claims}
-        self.run = self._read_run_record()
+        config.nav = self._nav(config.nav)
         config.watch.extend(
             str(p) for p in (self.notebooks_dir, self.root / "snippets") if p.is_dir()
         )
         return config
+
+    def _docs(self, src: Path | str) -> str:
+        """A page's path as an author sees it (docs_dir may be configured elsewhere)."""
+        return (self.docs_dir / src).relative_to(self.root).as_posix()
 
     def _fill(self, text: str, where: str) -> str:
         try:
@@ -94,22 +111,36 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         except KeyError as err:
             raise PluginError(err.args[0]) from None
 
-    def _read_run_record(self) -> dict | None:
-        path = self.root / self.config.run_record
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise PluginError(
-                f"{path}: the verifying run's record is not valid JSON: {err}"
-            ) from None
+    def _nav(self, nav: list | None) -> list:
+        """The configured navigation with its (empty) Notes section filled from the notes."""
+        notes = []
+        for note in self.site.notes:
+            pages = [{"The note": note.src.as_posix()}]
+            pages += [
+                {title: f"{self.config.notebooks_dir}/{note.slug}/{stem}.ipynb"}
+                for stem, title in note.notebooks.items()
+            ]
+            notes.append({note.nav_title: pages})
+        nav = list(nav or [])
+        for i, entry in enumerate(nav):
+            if isinstance(entry, dict) and list(entry) == [NOTES_SECTION]:
+                if entry[NOTES_SECTION]:
+                    raise PluginError(
+                        f"mkdocs.yml: leave the nav's '{NOTES_SECTION}' section empty "
+                        "([]): the ledger plugin fills it from the notes' front matter"
+                    )
+                nav[i] = {NOTES_SECTION: notes}
+                return nav
+        raise PluginError(f"mkdocs.yml: the nav needs an empty '{NOTES_SECTION}: []' section")
 
     @event_priority(100)  # before mkdocs-jupyter turns .ipynb files into pages
     def on_files(self, files: Files, config) -> Files:
-        for path in notebook_paths(self.notebooks_dir):
-            rel = path.relative_to(self.root).as_posix()
-            files.append(File(rel, str(self.root), config.site_dir, config.use_directory_urls))
+        for nb in self.site.notebooks:
+            files.append(
+                File(nb.path.as_posix(), str(self.root), config.site_dir, config.use_directory_urls)
+            )
+        for figure in self.site.figures:
+            files.append(File.generated(config, figure.src_uri, content=figure.png))
         node_modules = self.root / self.config.node_modules
         for package_dir, patterns in VENDORED.items():
             base = node_modules / package_dir
@@ -136,12 +167,30 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
 
     def on_page_markdown(self, markdown: str, page, config, files) -> str:
         src = page.file.src_uri
-        markdown = self._fill(markdown, f"docs/{src}")
+        where = self._docs(src)
+        markdown = self._fill(markdown, where)
+        if IMAGE_WITHOUT_ALT.search(markdown):
+            raise PluginError(f"{where}: an image has no alt text (![what it shows](...))")
         own = [c for c in self.claims if c.note.as_posix() == src]
         if own and CLAIMS_MARKER not in markdown:
             raise PluginError(
-                f"docs/{src}: the page declares claims but has no '{CLAIMS_MARKER}' line"
+                f"{where}: the page declares claims but has no '{CLAIMS_MARKER}' line"
             )
+        marked = VERDICT_MARKER.findall(markdown)
+        for claim_id in marked:
+            if claim_id not in {c.id for c in own}:
+                raise PluginError(
+                    f"{where}: '<!-- claim: {claim_id} -->' names no claim of this page"
+                )
+        for claim in own:
+            if marked.count(claim.id) != 1:
+                raise PluginError(
+                    f"{where}: claim {claim.id!r} needs exactly one '<!-- claim: {claim.id} -->' "
+                    f"line under the heading of the section that argues it (found {marked.count(claim.id)})"
+                )
+        markdown = VERDICT_MARKER.sub(
+            lambda m: self._verdict_line(self.by_id[m.group(1)], src), markdown
+        )
         if own:
             markdown = markdown.replace(
                 CLAIMS_MARKER, self._claims_table(own, src, with_note=False)
@@ -156,43 +205,61 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             os.sep, "/"
         )
 
-    def _check_cell(self, claim: Claim, from_src: str) -> str:
-        if claim.verdict == "unverifiable here":
-            sources = "; ".join(claim.sources)
-            return f"not checkable: {_cell(claim.reason or '')}" + (
-                f" ({_cell(sources)})" if sources else ""
-            )
+    def _check_links(self, claim: Claim, from_src: str) -> list[str]:
         links = []
         for check in claim.checks:
             target = self._link(from_src, check.notebook.as_posix())
             prompt = f"In [{check.execution_count}]" if check.execution_count else "cell"
             links.append(f"[{check.notebook.stem}, {prompt}]({target}#{check.anchor})")
-        return "<br>".join(links) + "<br>" + self._result(claim)
+        return links
+
+    def _check_cell(self, claim: Claim, from_src: str) -> str:
+        if claim.verdict == UNVERIFIABLE:
+            sources = "; ".join(claim.sources)
+            return f"not checkable: {_cell(claim.reason or '')}" + (
+                f" ({_cell(sources)})" if sources else ""
+            )
+        return "<br>".join(self._check_links(claim, from_src)) + "<br>" + self._result(claim)
 
     def _result(self, claim: Claim) -> str:
         if not self.run:
             return '<span class="run">not run in this build</span>'
-        outcome = self.run.get("claims", {}).get(claim.id, "not run")
+        outcome = self.run.claims.get(claim.id, "not run")
         return f'<span class="run run-{outcome.replace(" ", "-")}">{outcome}</span>'
 
+    def _verdict_line(self, claim: Claim, from_src: str) -> str:
+        """What replaces ``<!-- claim: id -->`` under a section's heading."""
+        if claim.verdict == UNVERIFIABLE:
+            evidence = f"not checkable here: {html.escape(claim.reason or '')}"
+        else:
+            links = ", ".join(self._check_links(claim, from_src))
+            date = f" on {self.run.date}" if self.run else ""
+            evidence = f"checked in {links}; last run{date}: {self._result(claim)}"
+        return (
+            f'<p class="vrn-verdict" id="verdict-{claim.id}" markdown="span">'
+            f"{_badge(claim.verdict)} <strong>{claim.seed}</strong> · {evidence}</p>\n"
+        )
+
     def _claims_table(self, claims: list[Claim], from_src: str, with_note: bool) -> str:
-        head = ["Seed", "The notes said", "Verdict", "What we found", "Check and last run"]
-        if with_note:
-            head.insert(0, "Note")
+        """One row per claim: what the notes said and what we found share a column, so the table
+        fits a phone; the check column stays visible."""
+        head = ["Claim", "Verdict", "The notes said, and what we found", "Check and last run"]
         rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in claims:
-            cells = [
-                f'<strong title="{c.id}">{c.seed}</strong>',
-                _cell(c.claim),
-                _badge(c.verdict),
-                _cell(c.finding),
-                self._check_cell(c, from_src),
-            ]
-            if with_note:
-                cells.insert(
-                    0, f"[{c.note.stem}]({self._link(from_src, c.note.as_posix())}#claims)"
+            section = f"{self._link(from_src, c.note.as_posix())}#verdict-{c.id}"
+            label = f"{c.note.stem} · {c.seed}" if with_note else c.seed
+            rows.append(
+                "| "
+                + " | ".join(
+                    [
+                        f'[{label}]({section} "{c.id}")',
+                        _badge(c.verdict),
+                        f"<em>{html.escape(_cell(c.claim))}</em><br>{_cell(c.finding)}",
+                        self._check_cell(c, from_src),
+                    ]
                 )
-            rows.append("| " + " | ".join(cells) + " |")
+                + " |"
+            )
         return "\n".join(rows) + "\n"
 
     def _ledger(self, from_src: str) -> str:
@@ -206,15 +273,12 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             "",
         ]
         if self.run:
-            outcomes = self.run.get("claims", {})
-            checkable = [c.id for c in self.claims if c.verdict != "unverifiable here"]
-            passed = sum(outcomes.get(i) == "passed" for i in checkable)
+            checkable = [c.id for c in self.claims if c.verdict != UNVERIFIABLE]
+            passed = sum(self.run.claims.get(i) == "passed" for i in checkable)
             kind = "success" if passed == len(checkable) else "failure"
             lines += [
                 f'!!! {kind} "Last verifying run"',
-                f"    {passed} of {len(checkable)} checks passed on {self.run['date']}: "
-                f"{self.run['platform']}, Python {self.run['python']}, torch {self.run['torch']}, "
-                f"device {self.run['device']} ({self.run['mode']}).",
+                f"    {passed} of {len(checkable)} checks passed on {self.run.describe()}.",
                 "",
             ]
         else:
@@ -224,58 +288,77 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
                 "`make test` runs them and records the result shown here.",
                 "",
             ]
-        lines.append(self._executions())
-        lines += ["", self._claims_table(self.claims, from_src, with_note=True)]
+        lines += [
+            '<div class="vrn-ledger" markdown>',
+            "",
+            self._claims_table(self.claims, from_src, with_note=True),
+            "</div>",
+            "",
+            "## Where the stored outputs were computed",
+            "",
+            self._executions(from_src),
+        ]
         return "\n".join(lines)
 
-    def _executions(self) -> str:
+    def _executions(self, from_src: str) -> str:
         rows = [
-            "| Notebook | Outputs stored on | torch | Device | Seconds |",
+            "| Notebook | Stored on | CPU, kernels, threads | torch | Seconds |",
             "|---|---|---|---|---|",
         ]
-        for path in notebook_paths(self.notebooks_dir):
-            meta = (
-                json.loads(path.read_text()).get("metadata", {}).get("vrn", {}).get("executed", {})
+        for nb in self.site.notebooks:
+            meta = nb.executed
+            numerics = ", ".join(
+                str(meta.get(k, "?")) for k in ("cpu", "aten_capability", "mkl_cbwr", "threads")
             )
-            rel = path.relative_to(self.root).as_posix()
             rows.append(
-                f"| [{path.stem}]({self._link('ledger.md', rel)}) | {meta.get('date', '?')} | "
-                f"{meta.get('torch', '?')} | {meta.get('device', '?')} | {meta.get('seconds', '?')} |"
+                f"| [{nb.path.stem}]({self._link(from_src, nb.path.as_posix())}) | "
+                f"{meta.get('date', '?')} | {numerics} | {meta.get('torch', '?')} | "
+                f"{meta.get('seconds', '?')} |"
             )
         return "\n".join(rows)
 
     # --- notebook pages ------------------------------------------------------------------
     def on_post_page(self, output: str, page, config) -> str:
-        if not page.file.src_uri.endswith(".ipynb"):
+        src = page.file.src_uri
+        if not src.endswith(".ipynb"):
             return output
         output = NOTEBOOK_MATHJAX.sub("", output)
         output = NOTEBOOK_MERMAID.sub("", output)
-
-        seen: dict[str, int] = {}
+        # The ledger numbered each notebook's checks in cell order; hand its anchors out in the
+        # same order, and stop if the page does not show exactly those cells.
+        pending = {
+            claim.id: [c.anchor for c in claim.checks if c.notebook.as_posix() == src]
+            for claim in self.claims
+        }
 
         def mark(match: re.Match) -> str:
-            tags = re.findall(r"celltag_(claim:\S+?)(?=[\s\"])", match.group(0))
             banners = []
-            for claim_id in claim_ids_in_tags(tags):
-                claim = self.by_id[claim_id]
-                seen[claim_id] = seen.get(claim_id, 0) + 1
-                note_url = self._link(page.file.src_uri, claim.note.as_posix())
-                note_url = _page_url(note_url, config.use_directory_urls)
+            for claim_id in claim_ids_in_tags(re.findall(r"celltag_(\S+?)(?=[\s\"])", match[0])):
+                if not pending.get(claim_id):
+                    raise PluginError(
+                        f"{src}: the page shows a check of {claim_id!r} the ledger lacks"
+                    )
+                claim, anchor = self.by_id[claim_id], pending[claim_id].pop(0)
+                note_url = _page_url(
+                    self._link(src, claim.note.as_posix()), config.use_directory_urls
+                )
                 banners.append(
-                    f'<div class="vrn-check" id="{check_anchor(claim_id, seen[claim_id])}">'
-                    f'Checks claim <a href="{note_url}#claims">{claim.seed} · '
+                    f'<div class="vrn-check" id="{anchor}">'
+                    f'Checks claim <a href="{note_url}#verdict-{claim.id}">{claim.seed} · '
                     f"{html.escape(claim.id)}</a> {_badge(claim.verdict)}</div>"
                 )
-            return "".join(banners) + match.group(0)
+            return "".join(banners) + match[0]
 
         output = TAGGED_CELL.sub(mark, output)
+        if missing := [a for anchors in pending.values() for a in anchors]:
+            raise PluginError(f"{src}: checking cells {missing} are not on the rendered page")
         for href in re.findall(r'<a [^>]*href="([^"#]*\.ipynb)(?:#[^"]*)?"', output):
             raise PluginError(
-                f"{page.file.src_uri}: links to {href!r}, which is no page on the site; "
+                f"{src}: links to {href!r}, which is no page on the site; "
                 f"link to the rendered notebook's address instead (e.g. '../{href[:-6]}/')"
             )
         # mkdocs-jupyter (include_source) copies the .ipynb beside the page: offer it for download.
-        name = PurePosixPath(page.file.src_uri).name
+        name = PurePosixPath(src).name
         download = (
             f'<p class="vrn-download"><a href="{name}" download>Download this notebook</a> '
             "and run it locally (see the README), on CPU or GPU.</p>"
@@ -285,12 +368,13 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         )
 
     def _claims_json(self) -> str:
+        run = self.run
         payload = {
             "generated_by": "Verified Reading Notes",
             "verdict_counts": verdict_counts(self.claims),
-            "last_run": {k: v for k, v in (self.run or {}).items() if k != "claims"} or None,
+            "last_run": run.environment() if run else None,
             "claims": [
-                c.to_json() | {"last_run": (self.run or {}).get("claims", {}).get(c.id)}
+                c.to_json() | {"last_run": run.claims.get(c.id) if run else None}
                 for c in self.claims
             ],
         }

@@ -8,11 +8,11 @@ Works with pytest-xdist: workers attach the tags to their reports, the controlle
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from vrn_site import record
 from vrn_site.ledger import claim_ids_in_tags
 
 _PROPERTY = "vrn_claims"
@@ -21,7 +21,7 @@ _PROPERTY = "vrn_claims"
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--ledger-record",
-        default="build/verification.json",
+        default=record.DEFAULT_PATH,
         help="where to write the verifying run's record (relative to the rootdir)",
     )
 
@@ -60,13 +60,12 @@ class ClaimRecorder:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(self.config, "workerinput") or not self.outcomes:
             return  # an xdist worker, or a run that checked no claim
-        from vrn_site.execute import run_environment
-
         lax = bool(self.config.getoption("nbval_lax", default=False))
-        record = run_environment() | {
-            "mode": "nbval-lax: asserts only" if lax else "nbval: asserts and every stored output",
-            "claims": dict(sorted(self.outcomes.items())),
-        }
-        path = Path(self.config.rootpath, self.config.getoption("ledger_record"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        run = record.RunRecord.from_json(
+            record.run_environment()
+            | {
+                "mode": record.LAX if lax else record.STRICT,
+                "claims": dict(sorted(self.outcomes.items())),
+            }
+        )
+        record.write(Path(self.config.rootpath, self.config.getoption("ledger_record")), run)

@@ -2,22 +2,23 @@
 
 In a notebook, a cell tagged ``publish`` prints ``name = value`` lines, most simply with
 ``publish(name=value, ...)``. A note then writes ``{{ notebook.name }}`` (the notebook's file name
-without .ipynb) wherever it quotes that number; the ledger plugin fills it in at build time, and the
-build stops, naming the page, if the value does not exist. Since nbval compares every stored output,
-a quoted number that stopped being true fails the tests, and a re-stored one updates the page.
+without .ipynb; file names are unique across the site) wherever it quotes that number; the ledger
+plugin fills it in at build time, and the build stops, naming the page, if the value does not exist
+or the placeholder is malformed. ``\\{{ notebook.name }}`` shows a placeholder literally. Since nbval
+compares every stored output, a quoted number that stopped being true fails the tests, and a
+re-stored one updates the page.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from vrn_site.ledger import notebook_paths
+from vrn_site.ledger import PUBLISH_TAG, notebook_paths, read_notebook
 
-PUBLISH_TAG = "publish"
-LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*) = (.+)$")
-REFERENCE = re.compile(r"\{\{\s*([A-Za-z0-9_-]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+REFERENCE = re.compile(r"(?<!\\)\{\{\s*([A-Za-z0-9_-]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+ANY_PLACEHOLDER = re.compile(r"(?<!\\)\{\{.*?\}\}", re.S)
+ESCAPED = re.compile(r"\\(\{\{.*?\}\})", re.S)
 
 
 def publish(**values: object) -> None:
@@ -29,26 +30,14 @@ def publish(**values: object) -> None:
 
 def published_values(notebooks_dir: Path) -> dict[str, dict[str, str]]:
     """{notebook stem: {name: value}} from the stored outputs of cells tagged ``publish``."""
-    found: dict[str, dict[str, str]] = {}
-    for path in notebook_paths(notebooks_dir):
-        try:
-            cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # the ledger reports notebooks that are not valid JSON
-        values = found.setdefault(path.stem, {})
-        for cell in cells:
-            if PUBLISH_TAG not in cell.get("metadata", {}).get("tags", []):
-                continue
-            for output in cell.get("outputs", []):
-                if output.get("output_type") == "stream" and output.get("name") == "stdout":
-                    for line in "".join(output.get("text", "")).splitlines():
-                        if match := LINE.match(line.strip()):
-                            values[match.group(1)] = match.group(2).strip()
-    return found
+    root, problems = notebooks_dir.parent, []
+    notebooks = (read_notebook(root, path, problems) for path in notebook_paths(notebooks_dir))
+    return {nb.path.stem: nb.values for nb in notebooks if nb}
 
 
 def fill(text: str, values: dict[str, dict[str, str]], where: str) -> str:
-    """Replace every ``{{ notebook.name }}`` in ``text``; KeyError naming ``where`` if one is unknown."""
+    """Replace every ``{{ notebook.name }}`` in ``text``; KeyError naming ``where`` if one is unknown
+    or malformed. ``\\{{ ... }}`` is kept, without its backslash, as literal text."""
 
     def value(match: re.Match) -> str:
         notebook, name = match.groups()
@@ -60,4 +49,11 @@ def fill(text: str, values: dict[str, dict[str, str]], where: str) -> str:
                 f"'{PUBLISH_TAG}' in notebook '{notebook}' prints '{name} = ...'"
             ) from None
 
-    return REFERENCE.sub(value, text)
+    filled = REFERENCE.sub(value, text)
+    if bad := ANY_PLACEHOLDER.search(filled):
+        raise KeyError(
+            f"{where}: {bad.group(0)!r} is not a placeholder of the form "
+            "{{ notebook.name }} (notebook file stem, a dot, a Python identifier); "
+            "write \\{{ ... }} to show it literally"
+        )
+    return ESCAPED.sub(r"\1", filled)
