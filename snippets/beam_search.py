@@ -59,7 +59,7 @@ def beam_search(
     ``reorder_cache(parents)`` method, it is called after each step with the index of the row each
     surviving beam extends, so a key/value cache can follow its beams.
     """
-    beams = torch.as_tensor(prompt, dtype=torch.long)[None]  # (1, L): one live beam, the prompt
+    beams = torch.as_tensor(prompt, dtype=torch.long, device="cpu")[None]  # (1, L): the prompt
     sums = torch.zeros(1)  # (B,) summed log-probability of each live beam's generated tokens
     finished: list[tuple[list[int], float]] = []  # at most beam_size, best first
     reorder_cache = getattr(next_log_probs, "reorder_cache", None)
