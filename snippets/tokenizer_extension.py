@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import re
 from collections.abc import Callable, Iterable, Sequence
 
@@ -61,9 +62,11 @@ def word_frequency_lines(lang: str, n_words: int, keep: str, scale: int = 10**6)
     import wordfreq  # only needed here: the tokenizer code itself does not depend on it
 
     pattern = re.compile(keep)
+    frequencies = wordfreq.get_frequency_dict(lang)
+    words = itertools.islice(wordfreq.iter_wordlist(lang), n_words)  # most frequent first
     return [
-        f"{word}\t{max(1, round(wordfreq.word_frequency(word, lang) * scale))}"
-        for word in wordfreq.top_n_list(lang, n_words)
+        f"{word}\t{max(1, round(frequencies[word] * scale))}"
+        for word in words
         if pattern.fullmatch(word)
     ]
 
