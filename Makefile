@@ -7,12 +7,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0# the CPU build this machine ships; a newer range would pull a multi-GB CUDA build
 STAMP := $(VENV)/.installed
+BROWSER := /usr/bin/chromium# Debian's, for the browser test only: reading the site does not need it
 export NO_MKDOCS_2_WARNING := 1
 export PYTHONHASHSEED := 0
 LINTED := snippets vrn_site tests notebooks
 NBVAL ?= --nbval# `make test NBVAL=--nbval-lax` on a GPU: asserts only, outputs not compared
 
-.PHONY: help setup serve build test lint unit site notebooks lab test-gpu clean
+.PHONY: help setup browser serve build test lint unit site portability screenshots note notebooks lab test-lax test-gpu clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,12 +24,16 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev,xcheck]"
 	npm ci --no-audit --no-fund --loglevel=error
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-	  { echo "The browser test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; }
 	touch $(STAMP)
 
+$(BROWSER):
+	@[ "$$(id -u)" = 0 ] || { echo "The browser test needs Debian's chromium at $(BROWSER): \
+	  sudo apt-get install chromium (reading the site with 'make serve' does not)" >&2; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
 setup: $(STAMP) ## virtual environment, CPU torch, the package with its extras, MathJax and Mermaid
+
+browser: $(BROWSER) ## Debian's Chromium for the browser test (installed when root; `make test` needs it)
 
 serve: $(STAMP) ## build the site and serve it at http://127.0.0.1:8000
 	$(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
@@ -44,13 +49,30 @@ unit: $(STAMP) ## unit tests, cross-checks, ledger checks and every notebook und
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m "not site" tests notebooks \
 	  $(NBVAL) --sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300
 
-site: $(STAMP) ## strict site build and the browser test (shows the run recorded by `make unit`)
+site: $(STAMP) $(BROWSER) ## strict site build and the browser test (shows the run recorded by `make unit`)
 	$(PY) -m pytest -m site tests
 
 test: lint unit site ## every check; ends with pytest's summary
 
-test-gpu: ## the same on a GPU machine: notebooks in lax mode, their asserts still hold
+screenshots: $(STAMP) $(BROWSER) ## every page at 1280 and 390 px, as PNGs in build/screenshots/
+	VRN_SCREENSHOTS=build/screenshots $(PY) -m pytest -m site tests/test_site.py -q -k loads_cleanly
+
+# The notebooks pin their numerics (snippets/runtime.py). This pass forces other choices from
+# outside (AVX2 kernels and MKL branch, two threads) and still compares every stored output
+# strictly: it passes only if the pin wins. CI runs it after `make test`.
+portability: $(STAMP) ## every notebook under strict nbval with other CPU kernels and 2 threads forced
+	ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 \
+	  $(PY) -m pytest -n 2 --dist loadfile notebooks --nbval \
+	  --sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300 \
+	  --ledger-record build/verification-portability.json
+
+test-lax: ## for machines that cannot reproduce x86 bits (ARM, GPU): asserts and published values within tolerance
 	$(MAKE) test NBVAL=--nbval-lax
+
+test-gpu: test-lax ## the same on a GPU machine
+
+note: $(STAMP) ## scaffold a note: make note NAME=<slug> TITLE="<paper title>" ARXIV=<arXiv id>
+	@$(PY) -m vrn_site.scaffold "$(NAME)" "$(TITLE)" "$(ARXIV)"
 
 notebooks: $(STAMP) ## re-execute every notebook and store its outputs (one thread, as the tests run them)
 	OMP_NUM_THREADS=1 $(PY) -m vrn_site.execute

@@ -64,3 +64,24 @@ def mkdocs_build(
         | {"NO_MKDOCS_2_WARNING": "1"}
         | ({"SITE_URL": site_url} if site_url else {}),
     )
+
+
+def nbval(site: Path, mode: str = "--nbval") -> subprocess.CompletedProcess:
+    """nbval (strict, or ``--nbval-lax``) over the notebooks of the site in ``site``."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--color=no",
+            mode,
+            "notebooks",
+            "-q",
+        ],
+        cwd=site,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
