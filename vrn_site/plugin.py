@@ -45,8 +45,13 @@ from vrn_site.values import fill
 CLAIMS_MARKER = "<!-- claims-table -->"
 LEDGER_MARKER = "<!-- ledger -->"
 VERDICT_MARKER = re.compile(r"^<!-- claim: (\S+) -->[ \t]*$", re.M)
+FENCED = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.M | re.S)  # fenced code blocks
 IMAGE_WITHOUT_ALT = re.compile(r"!\[\s*\]\(")
 NOTES_SECTION = "Notes"
+SEARCH_EXCLUDED = re.compile(
+    r'<pre(?=[\s>])|<(?:div|span|a)(?= class="(?:jp-InputPrompt|jp-OutputPrompt|notice|'
+    r"clipboard-copy-txt|cell-tag|anchor-link)\b)"
+)
 TAGGED_CELL = re.compile(r'<div (?:id="[^"]*" )?class="jp-Cell [^"]*celltag_claim:[^"]*">')
 # Files of the npm packages the site serves itself (package.json), relative to node_modules/.
 VENDORED = {
@@ -176,7 +181,7 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             raise PluginError(
                 f"{where}: the page declares claims but has no '{CLAIMS_MARKER}' line"
             )
-        marked = VERDICT_MARKER.findall(markdown)
+        marked = VERDICT_MARKER.findall(FENCED.sub("", markdown))
         for claim_id in marked:
             if claim_id not in {c.id for c in own}:
                 raise PluginError(
@@ -188,8 +193,11 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
                     f"{where}: claim {claim.id!r} needs exactly one '<!-- claim: {claim.id} -->' "
                     f"line under the heading of the section that argues it (found {marked.count(claim.id)})"
                 )
-        markdown = VERDICT_MARKER.sub(
-            lambda m: self._verdict_line(self.by_id[m.group(1)], src), markdown
+        markdown = _outside_fences(
+            markdown,
+            lambda text: VERDICT_MARKER.sub(
+                lambda m: self._verdict_line(self.by_id[m.group(1)], src), text
+            ),
         )
         if own:
             markdown = markdown.replace(
@@ -241,9 +249,9 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         )
 
     def _claims_table(self, claims: list[Claim], from_src: str, with_note: bool) -> str:
-        """One row per claim: what the notes said and what we found share a column, so the table
-        fits a phone; the check column stays visible."""
-        head = ["Claim", "Verdict", "The notes said, and what we found", "Check and last run"]
+        """One row per claim; what the notes said folds under the finding, so the table fits a
+        phone and the check column stays visible."""
+        head = ["Claim", "Verdict", "What we found", "Check and last run"]
         rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in claims:
             section = f"{self._link(from_src, c.note.as_posix())}#verdict-{c.id}"
@@ -254,7 +262,8 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
                     [
                         f'[{label}]({section} "{c.id}")',
                         _badge(c.verdict),
-                        f"<em>{html.escape(_cell(c.claim))}</em><br>{_cell(c.finding)}",
+                        f"{_cell(c.finding)}<details><summary>The notes said</summary>"
+                        f"{html.escape(_cell(c.claim))}</details>",
                         self._check_cell(c, from_src),
                     ]
                 )
@@ -318,6 +327,27 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         return "\n".join(rows)
 
     # --- notebook pages ------------------------------------------------------------------
+    def on_page_content(self, html_text: str, page, config, files) -> str:
+        """Keep notebook code, outputs, prompts, copy buttons, tag chips and heading anchors out of
+        the search index, so searches find the notes' prose and the notebooks' text. Material skips
+        elements marked ``data-search-exclude``, but tracks them by tag name, so a mark holds only
+        on an element without a nested element of its own tag: mark the leaves."""
+        if not page.file.src_uri.endswith(".ipynb"):
+            return html_text
+        return SEARCH_EXCLUDED.sub(r'\g<0> data-search-exclude="notebook"', html_text)
+
+    @event_priority(-100)  # after the search plugin has written its index
+    def on_post_build(self, config) -> None:
+        """Search previews show math as text a reader can read, not TeX source."""
+        index = Path(config.site_dir) / "search" / "search_index.json"
+        if not index.exists():
+            return
+        data = json.loads(index.read_text(encoding="utf-8"))
+        for doc in data.get("docs", []):
+            for key in ("title", "text"):
+                doc[key] = plain_math(doc.get(key, ""))
+        index.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
     def on_post_page(self, output: str, page, config) -> str:
         src = page.file.src_uri
         if not src.endswith(".ipynb"):
@@ -379,6 +409,39 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             ],
         }
         return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+
+
+TEX_SYMBOLS = {
+    "alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "epsilon": "ε", "varepsilon": "ε",
+    "theta": "θ", "lambda": "λ", "mu": "μ", "pi": "π", "sigma": "σ", "tau": "τ", "phi": "φ",
+    "log": "log", "exp": "exp", "max": "max", "min": "min", "sum": "Σ", "prod": "Π",
+    "cdot": "·", "times": "×", "le": "≤", "leq": "≤", "ge": "≥", "geq": "≥", "neq": "≠",
+    "approx": "≈", "to": "→", "rightarrow": "→", "infty": "∞", "sqrt": "√", "ldots": "…",
+    "dots": "…", "star": "*", "top": "ᵀ", "mid": "|", "quad": " ", "in": "∈",
+}  # fmt: skip
+TEX_COMMAND = re.compile(r"\\([A-Za-z]+)")
+TEX_FRAC = re.compile(r"\\frac\{([^{}]*)\}\{([^{}]*)\}")
+TEX_SQRT = re.compile(r"\\sqrt\{([^{}]*)\}")
+TEX_WRAPPER = re.compile(r"\\(?:text|mathrm|mathbf|operatorname|mathit)\{([^{}]*)\}")
+
+
+def plain_math(text: str) -> str:
+    """Inline TeX as plain text: delimiters dropped, commands as symbols (``\\varepsilon`` → ε)."""
+    text = re.sub(r"\\[()\[\]]|\$\$?", "", text)
+    text = TEX_WRAPPER.sub(r"\1", text)
+    while (simpler := TEX_FRAC.sub(r"(\1)/(\2)", TEX_SQRT.sub(r"√(\1)", text))) != text:
+        text = simpler  # innermost first: \frac{QK^T}{\sqrt{d_k}}
+    text = TEX_COMMAND.sub(lambda m: TEX_SYMBOLS.get(m[1], m[1]), text)
+    return re.sub(r"[{}]", "", text)
+
+
+def _outside_fences(markdown: str, change) -> str:
+    """``change`` applied to the Markdown outside fenced code blocks (examples stay literal)."""
+    parts, at = [], 0
+    for block in FENCED.finditer(markdown):
+        parts += [change(markdown[at : block.start()]), block.group(0)]
+        at = block.end()
+    return "".join([*parts, change(markdown[at:])])
 
 
 def _cell(text: str) -> str:

@@ -1,9 +1,11 @@
 // MathJax 3, served by this site (node_modules/mathjax, copied by the ledger plugin).
-// Typesets the notes' math (pymdownx.arithmatex spans) and the notebooks' Markdown cells ($...$),
-// on first load and again after every instant navigation. Only those elements are scanned, so a
-// dollar sign elsewhere in a page stays text.
+// Typesets the notes' math (pymdownx.arithmatex spans), the notebooks' Markdown cells ($...$) and
+// the table of contents (whose entries repeat the headings' TeX), on first load and again after
+// every instant navigation. Only those elements are scanned, so a dollar sign elsewhere stays text.
 function typesetSite() {
-  const math = document.querySelectorAll(".arithmatex, .jp-RenderedMarkdown");
+  const math = document.querySelectorAll(
+    ".arithmatex, .jp-RenderedMarkdown, .md-nav--secondary .md-nav__link",
+  );
   MathJax.startup.output.clearCache();
   MathJax.typesetClear();
   MathJax.texReset();
