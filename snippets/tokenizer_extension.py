@@ -117,7 +117,8 @@ def merge_sentencepiece(base: bytes, extra: bytes) -> bytes:
     priority (text ``base`` could encode is encoded as before whenever no new piece can form in
     it), and the new pieces keep ``extra``'s relative order, so text made only of the new script
     is split as ``extra`` splits it. (The OpenHathi recipe gives every new piece score 0 instead:
-    all tied, above every Llama piece, which loses ``extra``'s merge order.)
+    all tied, at the top of a SentencePiece BPE model's scores, which are minus their rank; that
+    loses ``extra``'s merge order.)
     """
     merged, new = load_model_proto(base), load_model_proto(extra)
     for name, proto in (("base", merged), ("extra", new)):
