@@ -84,8 +84,10 @@ def test_importing_torch_first_is_refused_with_a_clear_message():
         ("3.87", "3.87", True),
         ("3.87", "3.95", True),  # within 10 %
         ("3.87", "4.50", False),
-        ("0.00", "0.02", True),  # two units of the last printed digit
-        ("0.00", "0.03", False),
+        ("0.00", "0.01", True),  # one unit of the last printed digit
+        ("0.00", "0.02", False),
+        ("4", "5", True),
+        ("4", "6", False),
         ("1,048,576", "1,048,576", True),
         ("98% of 1000", "95% of 1000", True),
         ("98% of 1000", "98% of 2000", False),

@@ -223,8 +223,8 @@ def visits(browser, base_url, built_site) -> dict[tuple[str, str], dict]:
             if 'class="mermaid"' in (built_site / path / "index.html").read_text():
                 watch.page.wait_for_function(
                     "() => !document.querySelector('pre.mermaid') && [...document."
-                    "querySelectorAll('div.mermaid')].every(d => d.getBoundingClientRect().height > 50)",
-                    timeout=15_000,
+                    "querySelectorAll('div.mermaid')].every(d => d.getBoundingClientRect().height > 0)",
+                    timeout=60_000,
                 )
             seen[(name, path)] = watch.page.evaluate(GATHER)
             if name == "wide":
@@ -334,7 +334,7 @@ def test_math_typeset_after_instant_navigation(browser, base_url, link, math):
     watch.page.evaluate("() => { window.__not_reloaded = true; }")
     watch.page.locator(f"a.md-nav__link[href$='{link}']").first.click()
     watch.page.wait_for_url(f"**/{link}")
-    watch.page.wait_for_selector(math, timeout=15_000)
+    watch.page.wait_for_selector(math, timeout=60_000)
     # instant navigation swapped the content in place: the page was not reloaded
     assert watch.page.evaluate("() => window.__not_reloaded === true")
     watch.close()
@@ -368,7 +368,7 @@ def test_search_ranks_each_note_first_for_its_subject(browser, base_url, built_s
         box.press("Backspace")
         box.type(SUBJECTS[slug], delay=30)  # Material's search listens to key presses
         first = watch.page.locator(".md-search-result__item a").first
-        first.wait_for(timeout=15_000)
+        first.wait_for(timeout=60_000)
         watch.page.wait_for_timeout(300)  # let the results settle on the last key press
         href = watch.page.locator(".md-search-result__item a").first.get_attribute("href")
         if f"notes/{slug}/" not in href:

@@ -48,6 +48,9 @@ VERDICT_MARKER = re.compile(r"^<!-- claim: (\S+) -->[ \t]*$", re.M)
 FENCED = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.M | re.S)  # fenced code blocks
 IMAGE_WITHOUT_ALT = re.compile(r"!\[\s*\]\(")
 NOTES_SECTION = "Notes"
+# A search ranks a note above its notebooks, whose titles and prose repeat the note's subject
+# (the ``boost`` that Material's search reads from a page's metadata).
+NOTE_SEARCH_BOOST, NOTEBOOK_SEARCH_BOOST = 10, 0.1
 SEARCH_EXCLUDED = re.compile(
     r'<pre(?=[\s>])|<(?:div|span|a)(?= class="(?:jp-InputPrompt|jp-OutputPrompt|notice|'
     r"clipboard-copy-txt|cell-tag|anchor-link)\b)"
@@ -177,6 +180,8 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         if IMAGE_WITHOUT_ALT.search(markdown):
             raise PluginError(f"{where}: an image has no alt text (![what it shows](...))")
         own = [c for c in self.claims if c.note.as_posix() == src]
+        if any(n.src.as_posix() == src for n in self.site.notes):
+            page.meta.setdefault("search", {}).setdefault("boost", NOTE_SEARCH_BOOST)
         if own and CLAIMS_MARKER not in markdown:
             raise PluginError(
                 f"{where}: the page declares claims but has no '{CLAIMS_MARKER}' line"
@@ -334,6 +339,7 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         on an element without a nested element of its own tag: mark the leaves."""
         if not page.file.src_uri.endswith(".ipynb"):
             return html_text
+        page.meta.setdefault("search", {}).setdefault("boost", NOTEBOOK_SEARCH_BOOST)
         return SEARCH_EXCLUDED.sub(r'\g<0> data-search-exclude="notebook"', html_text)
 
     @event_priority(-100)  # after the search plugin has written its index

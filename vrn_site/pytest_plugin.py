@@ -7,7 +7,7 @@ Works with pytest-xdist: workers attach the tags to their reports, the controlle
 
 In nbval's lax mode (a GPU, an ARM machine: stored outputs are not compared) the values that cells
 tagged ``publish`` print, which the notes quote, are still compared with the stored ones: text must
-match, and each number may differ by ``PUBLISHED_RTOL`` of its stored value or two units of its last
+match, and each number may differ by ``PUBLISHED_RTOL`` of its stored value or one unit of its last
 printed digit, whichever is larger.
 """
 
@@ -68,7 +68,7 @@ def within_tolerance(stored: str, now: str) -> bool:
     for old, new in zip(NUMBER.finditer(stored), NUMBER.finditer(now), strict=True):
         a, b = float(old[0].replace(",", "")), float(new[0].replace(",", ""))
         last_digit = 10.0 ** -len(old[1] or "")
-        if abs(a - b) > max(PUBLISHED_RTOL * abs(a), 2 * last_digit):
+        if abs(a - b) > max(PUBLISHED_RTOL * abs(a), last_digit):
             return False
     return True
 
