@@ -13,7 +13,7 @@ export PYTHONHASHSEED := 0
 LINTED := snippets vrn_site tests notebooks
 NBVAL ?= --nbval# `make test NBVAL=--nbval-lax` on a GPU: asserts only, outputs not compared
 
-.PHONY: help setup browser serve build test lint unit site portability screenshots note notebooks lab test-lax test-gpu clean
+.PHONY: help setup browser serve build test lint hooks unit site portability screenshots note notebooks lab test-lax test-gpu clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,9 +41,15 @@ serve: $(STAMP) ## build the site and serve it at http://127.0.0.1:8000
 build: $(STAMP) ## build the static site into site/
 	$(VENV)/bin/mkdocs build --strict
 
-lint: $(STAMP) ## ruff lint and format check of code, tests and notebooks
+lint: $(STAMP) ## ruff, the claims ledger, and notebooks stored executed without local paths
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
+	$(PY) -m vrn_site.ledger
+	$(PY) -m vrn_site.checks
+
+hooks: $(STAMP) ## install the pre-commit hooks (the fast checks of `make lint`) into .git/hooks
+	$(PY) -m pip install --quiet "pre-commit>=3,<5"
+	$(VENV)/bin/pre-commit install
 
 unit: $(STAMP) ## unit tests, cross-checks, ledger checks and every notebook under nbval (records the run)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m "not site" tests notebooks \

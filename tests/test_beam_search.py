@@ -18,9 +18,10 @@ from snippets.beam_search import (
     length_divisor,
 )
 from snippets.decoding import generate
-from snippets.gpt import GPT, GPTConfig, from_gpt2_state_dict
+from snippets.gpt import GPT
 
 transformers = pytest.importorskip("transformers", reason="the cross-checks need transformers")
+import reference_models  # noqa: E402
 
 V, EOS, PROMPT_LEN, MAX_NEW = 61, 5, 4, 10
 # Float32 scores: ours and transformers' sum the same log-probabilities in the same order, but our
@@ -45,26 +46,8 @@ class RenormalisedEosBias(transformers.LogitsProcessor):
 
 
 def tiny_gpt2_pair(seed: int) -> tuple[transformers.GPT2LMHeadModel, GPT]:
-    """A random GPT-2 with peaked next-token distributions (init std 0.3) and our GPT with its
-    weights."""
-    torch.manual_seed(seed)
-    hf_cfg = transformers.GPT2Config(
-        vocab_size=V,
-        n_positions=32,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        initializer_range=0.3,
-        bos_token_id=0,
-        eos_token_id=EOS,
-        pad_token_id=EOS,
-    )
-    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
-    cfg = GPTConfig(vocab_size=V, block_size=32, n_layers=2, n_heads=4, d_model=32)
-    return hf, from_gpt2_state_dict(hf.state_dict(), cfg).eval()
+    """A random GPT-2 with peaked next-token distributions and our GPT with its weights."""
+    return reference_models.tiny_gpt2_pair(seed, vocab_size=V, d_model=32, eos_id=EOS, init_std=0.3)
 
 
 def random_prompt(seed: int) -> torch.Tensor:

@@ -6,7 +6,9 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from test_gpt import tiny_gpt2_pair
+
+pytest.importorskip("transformers", reason="the cross-checks compare with transformers' warpers")
+from reference_models import tiny_gpt2_pair
 from transformers import TopKLogitsWarper, TopPLogitsWarper
 
 from snippets.decoding import generate, sample_next, top_k_filter, top_p_filter

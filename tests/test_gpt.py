@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+
+pytest.importorskip("transformers", reason="the cross-checks compare with transformers' GPT-2")
+from reference_models import tiny_gpt2_pair
 
 from snippets.attention import MultiHeadAttention
-from snippets.gpt import GPT, GPTConfig, from_gpt2_state_dict
+from snippets.gpt import GPTConfig, from_gpt2_state_dict
 
 # float32 on CPU: the two models sum the same products in different orders.
 TOL = {"rtol": 1e-5, "atol": 1e-5}
-
-
-def tiny_gpt2_pair(seed: int = 0) -> tuple[GPT2LMHeadModel, GPT]:
-    """A random-initialised tiny GPT-2 and our GPT holding the same weights."""
-    torch.manual_seed(seed)
-    hf_cfg = GPT2Config(
-        vocab_size=61,
-        n_positions=32,
-        n_embd=48,
-        n_layer=2,
-        n_head=4,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    hf = GPT2LMHeadModel(hf_cfg).eval()
-    cfg = GPTConfig(vocab_size=61, block_size=32, n_layers=2, n_heads=4, d_model=48)
-    return hf, from_gpt2_state_dict(hf.state_dict(), cfg).eval()
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (2, 7), (3, 32)])

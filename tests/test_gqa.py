@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+pytest.importorskip("transformers", reason="the cross-checks compare with transformers' Llama")
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,

@@ -32,6 +32,7 @@ FIGURE_PREFIX = "figure:"
 PUBLISH_TAG = "publish"
 MIN_FIGURE_DPI = 150
 VALUE_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*) = (.+)$")
+FRONT_MATTER = re.compile(r"^---\s*\n(.*?)\n---\s*(?:\n|$)", re.DOTALL)
 FIGURE_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 ID_PATTERN = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
 SEED_PATTERN = re.compile(r"^[A-Z][0-9]+$")
@@ -112,7 +113,7 @@ def claim_ids_in_tags(tags: list[str]) -> list[str]:
 def front_matter(path: Path) -> dict:
     """The YAML front matter of a Markdown file ({} when it has none)."""
     text = path.read_text(encoding="utf-8")
-    match = re.match(r"^---\s*\n(.*?)\n---\s*(?:\n|$)", text, re.DOTALL)
+    match = FRONT_MATTER.match(text)
     if not match:
         return {}
     try:

@@ -30,7 +30,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin, event_priority
 from mkdocs.structure.files import File, Files
 
-from vrn_site import record
+from vrn_site import changelog, record
 from vrn_site.ledger import (
     UNVERIFIABLE,
     VERDICTS,
@@ -44,6 +44,7 @@ from vrn_site.values import fill
 
 CLAIMS_MARKER = "<!-- claims-table -->"
 LEDGER_MARKER = "<!-- ledger -->"
+CHANGELOG_MARKER = "<!-- changelog -->"
 VERDICT_MARKER = re.compile(r"^<!-- claim: (\S+) -->[ \t]*$", re.M)
 FENCED = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.M | re.S)  # fenced code blocks
 IMAGE_WITHOUT_ALT = re.compile(r"!\[\s*\]\(")
@@ -210,6 +211,10 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             )
         if LEDGER_MARKER in markdown:
             markdown = markdown.replace(LEDGER_MARKER, self._ledger(src))
+        if CHANGELOG_MARKER in markdown:
+            markdown = markdown.replace(
+                CHANGELOG_MARKER, changelog.render(changelog.history(self.root))
+            )
         return markdown
 
     # --- rendering -------------------------------------------------------------------------
