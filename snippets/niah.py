@@ -29,12 +29,18 @@ The tiny model (a word-level key-value retrieval task for ``snippets.gpt.GPT``):
 
 - ``NOISE_FILLER``: filler sentences written for this project (nothing is downloaded).
 - ``WordTokenizer(words)`` with ``encode``, ``decode``; ``word_count(text)`` counts words.
-- ``RetrievalTask`` (dataclass): keys, values, needle/question templates, prompt template,
-  training length, distractors; ``task.needles(n, gen)``, ``task.filler(gen, ...)``,
-  ``task.tokenizer()``.
-- ``train_retrieval_model(task, model_cfg=None, steps=..., batch_size=..., lr=..., gen=None)
-  -> (model, tokenizer, losses)``.
+- ``NUMBER_FILLER``: the tiny model's filler, sentences with ``{value}`` fields for numbers.
+- ``RetrievalTask`` (dataclass): keys, values, filler, needle/question/prompt templates, training
+  lengths, distractor keys, ``long_bias``; ``task.tokenizer()``, ``task.needles(n, gen)``,
+  ``task.haystack(needle, gen, n_distractors=None)``, ``task.sample_length(gen)``.
+- ``retrieval_batch(task, tok, batch_size, gen) -> (ids, last, answer)``: training prompts.
+- ``train_retrieval_model(task, model_cfg=None, steps=400, batch_size=32, lr=3e-3, gen=None,
+  target_loss=None) -> (model, tokenizer, losses)``: a 2-layer GPT (d_model 64, 256 learned
+  positions) unless ``model_cfg`` says otherwise; stops early once the loss reaches ``target_loss``.
 - ``retrieval_answerer(model, tokenizer) -> batched model``: greedy next word after each prompt.
+
+A prompt-side change (a cue before the answer, say) is a change of ``RetrievalTask.template``: the
+words it adds join the vocabulary, and training and ``run_grid`` both format prompts with it.
 """
 
 from __future__ import annotations
@@ -244,6 +250,20 @@ NOISE_FILLER = (
     "boats rest on the sand at low tide .",
     "the lamps come on as the light fades .",
 )
+# The tiny model's haystack: the same kind of sentences, some with a number ({value}, drawn from
+# the needles' values), so that the answer is not simply the only number in the context.
+NUMBER_FILLER = (
+    "the river runs past the old mill .",
+    "the train to the coast leaves at {value} .",
+    "the baker sells {value} loaves before dawn .",
+    "rain falls on the roofs of the town .",
+    "the market has {value} stalls on a saturday .",
+    "a dog sleeps in the sun by the door .",
+    "boats rest on the sand at low tide .",
+    "the bus to school stops at gate {value} .",
+    "the lamps come on as the light fades .",
+    "a cold wind comes down from the hills .",
+)
 # --8<-- [end:filler]
 
 KEYS = ("owl", "fox", "bee", "elk", "yak", "ram", "eel", "ant")
@@ -284,11 +304,14 @@ def _randint(n: int, gen: torch.Generator | None) -> int:
 # --8<-- [start:task]
 @dataclass
 class RetrievalTask:
-    """Key-value retrieval in a word-level haystack: "the code of owl is 27 ." hidden in filler,
-    then "what is the code of owl ?"; the answer is the next word, "27".
+    """Key-value retrieval in a word-level haystack: "the code of owl is 17 ." hidden in filler,
+    then "what is the code of owl ?"; the answer is the next word, "17".
 
-    Training haystacks hold ``n_distractors`` other keys' codes, so that the model must match the
-    key rather than copy the only number it sees; contexts are at most ``train_length`` words.
+    Filler ``{value}`` fields (as in ``NUMBER_FILLER``) get random values, so that the needle is not
+    the only sentence with a number; with ``n_distractors`` > 0 the haystack also holds other keys'
+    codes (RULER's multi-key needles), and only matching the key finds the answer. Training
+    contexts are ``min_length`` to ``train_length`` words long (plus the part of a sentence that
+    reaching the length takes), uniformly, or with ``long_bias`` longer ones likelier.
     """
 
     keys: tuple[str, ...] = KEYS
@@ -300,10 +323,11 @@ class RetrievalTask:
     train_length: int = 64  # longest context in training, in words
     min_length: int = 8
     n_distractors: int = 2
+    long_bias: bool = False
 
     def tokenizer(self) -> WordTokenizer:
-        words = [w for s in self.filler for w in s.split()]
-        for t in (self.needle_template, self.question_template, self.template):
+        words = []
+        for t in (*self.filler, self.needle_template, self.question_template, self.template):
             words += _literal_words(t)
         return WordTokenizer([*words, *self.keys, *self.values])
 
@@ -327,10 +351,14 @@ class RetrievalTask:
     def haystack(
         self, needle: Needle, gen: torch.Generator | None = None, n_distractors: int | None = None
     ) -> list[str]:
-        """The filler from a random sentence on, with other keys' codes at random places."""
+        """The filler from a random sentence on, numbers drawn at random, and ``n_distractors``
+        other keys' codes at random places (default: the task's)."""
         n_distractors = self.n_distractors if n_distractors is None else n_distractors
         start = _randint(len(self.filler), gen)
-        hay = [*self.filler[start:], *self.filler[:start]]
+        hay = [
+            s.format(value=self.values[_randint(len(self.values), gen)]) if "{value}" in s else s
+            for s in (*self.filler[start:], *self.filler[:start])
+        ]
         others = [k for k in self.keys if self.question_template.format(key=k) != needle.question]
         for _ in range(n_distractors):
             key = others.pop(_randint(len(others), gen))
@@ -339,6 +367,14 @@ class RetrievalTask:
                 _randint(len(hay) + 1, gen), self.needle_template.format(key=key, value=value)
             )
         return hay
+
+    def sample_length(self, gen: torch.Generator | None = None) -> int:
+        """A training context length in [min_length, train_length]: uniform, or with ``long_bias``
+        a density rising linearly, so that the last positions are trained more often."""
+        span = self.train_length - self.min_length + 1
+        if not self.long_bias:
+            return self.min_length + _randint(span, gen)
+        return self.min_length + int(float(torch.rand((), generator=gen)) ** 0.5 * span)
 
 
 # --8<-- [end:task]
@@ -363,7 +399,7 @@ def retrieval_batch(
     """
     prompts, answers = [], []
     for needle in task.needles(batch_size, gen):
-        length = task.min_length + _randint(task.train_length - task.min_length + 1, gen)
+        length = task.sample_length(gen)
         depth = float(torch.rand((), generator=gen))
         context, _ = make_context(
             needle.text, task.haystack(needle, gen), length, depth, count=word_count
@@ -382,9 +418,12 @@ def train_retrieval_model(
     batch_size: int = 32,
     lr: float = 3e-3,
     gen: torch.Generator | None = None,
+    target_loss: float | None = None,
 ) -> tuple[GPT, WordTokenizer, list[float]]:
     """Train a tiny GPT to answer with the needle's value: cross-entropy on the answer word only.
 
+    At most ``steps`` steps; with ``target_loss``, stop once the mean loss of the last 20 steps is
+    below it (how long the model takes to learn the lookup varies from seed to seed).
     The default model has 256 learned positions, far more than training uses, so that longer
     contexts can be fed in: positions past the training length keep their random initialisation.
     """
@@ -393,8 +432,9 @@ def train_retrieval_model(
         vocab_size=len(tok), block_size=256, n_layers=2, n_heads=4, d_model=64
     )
     model = GPT(cfg)
+    # No weight decay: position embeddings that get no gradient stay exactly as initialised.
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    losses = []
+    losses: list[float] = []
     for _ in range(steps):
         ids, last, answer = retrieval_batch(task, tok, batch_size, gen)  # (B, L), (B,), (B,)
         logits = model(ids)[torch.arange(len(ids)), last]  # (B, V): the word after the prompt
@@ -403,6 +443,8 @@ def train_retrieval_model(
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if target_loss is not None and len(losses) >= 20 and np.mean(losses[-20:]) < target_loss:
+            break
     return model.eval(), tok, losses
 
 
