@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -66,10 +67,12 @@ class MiniLMEmbedder:
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """(N,) texts -> (N, 384) embeddings of unit L2 norm."""
+        # Batch texts of similar length together (as sentence-transformers does): less padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks = []
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(
-                list(texts[start : start + self.batch_size]),
+                [texts[i] for i in order[start : start + self.batch_size]],
                 padding=True,
                 truncation=True,
                 max_length=self.max_length,
@@ -77,7 +80,8 @@ class MiniLMEmbedder:
             )
             hidden = self.model(**batch).last_hidden_state  # (B, L, 384)
             chunks.append(mean_pool(hidden, batch["attention_mask"]))  # (B, 384)
-        return F.normalize(torch.cat(chunks), dim=-1)  # (N, 384)
+        pooled = torch.cat(chunks)[torch.tensor(order).argsort()]  # (N, 384) back in input order
+        return F.normalize(pooled, dim=-1)  # (N, 384)
 
 
 # --8<-- [end:embedder]
@@ -173,7 +177,8 @@ def choice_shuffle_ensemble(
 
     options (N, K, ...): the options of N questions (features, or ids of option texts).
     ask(shown (N, K, ...)) -> (N,) the position chosen for each question in the order shown.
-    Returns the voted original indices (N,) and the vote counts (N, K).
+    Returns the voted original indices (N,) and every shuffle's answer, mapped back (N, S); the
+    first n columns of the latter are themselves an ensemble of n shuffles.
     """
     n_items, n_options = options.shape[:2]
     perms = random_permutations(n_items, n_shuffles, n_options, generator)  # (N, S, K)
@@ -183,7 +188,70 @@ def choice_shuffle_ensemble(
         index = perm.view(n_items, n_options, *[1] * (options.dim() - 2)).expand_as(options)
         shown = options.gather(1, index)  # (N, K, ...) options in shuffled order
         answers.append(map_back(ask(shown), perm))  # (N,) original indices
-    return majority_vote(torch.stack(answers, dim=1), n_options)  # (N,), (N, K)
+    answers = torch.stack(answers, dim=1)  # (N, S)
+    return majority_vote(answers, n_options)[0], answers  # (N,), (N, S)
 
 
 # --8<-- [end:shuffle]
+
+
+# --8<-- [start:reader]
+def multiple_choice_batch(
+    n: int,
+    answer_probs: Sequence[float],
+    dim: int = 16,
+    signal: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A synthetic multiple-choice task whose difficulty and answer positions we control.
+
+    A question is a random vector q (dim,); the correct option is signal * q plus independent
+    noise, scaled so every option has unit variance per coordinate; the other options are pure
+    noise. ``answer_probs`` (K,) is the chance that the correct option sits at each position:
+    uniform for a balanced test, skewed to position A for a biased training set.
+    Returns questions (n, dim), options (n, K, dim), answers (n,).
+    """
+    n_options = len(answer_probs)
+    q = torch.randn(n, dim, generator=generator)  # (n, dim)
+    options = torch.randn(n, n_options, dim, generator=generator)  # (n, K, dim) distractors
+    answers = torch.multinomial(
+        torch.tensor(answer_probs), n, replacement=True, generator=generator
+    )
+    noise = torch.randn(n, dim, generator=generator)  # (n, dim)
+    options[torch.arange(n), answers] = signal * q + (1 - signal**2) ** 0.5 * noise
+    return q, options, answers
+
+
+@dataclass
+class ReaderConfig:
+    dim: int = 16  # size of a question or option vector
+    n_options: int = 4
+    hidden: int = 32
+
+
+class ChoiceReader(nn.Module):
+    """A small multiple-choice model: scores each option from the question, the option and its
+    position (one-hot, like the letters A-D a language model reads), then picks the best.
+
+    Nothing forces a position preference on it; it learns one only if the training data has one.
+    """
+
+    def __init__(self, cfg: ReaderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.score = nn.Sequential(
+            nn.Linear(3 * cfg.dim + cfg.n_options, cfg.hidden),
+            nn.ReLU(),
+            nn.Linear(cfg.hidden, 1),
+        )
+
+    def forward(self, q: torch.Tensor, options: torch.Tensor) -> torch.Tensor:
+        """q (B, dim), options (B, K, dim) in the order shown -> logits (B, K)."""
+        B, K, dim = options.shape
+        q = q[:, None].expand(B, K, dim)  # (B, K, dim) the question, beside every option
+        position = torch.eye(K, device=options.device).expand(B, K, K)  # (B, K, K) "A", "B", ...
+        features = torch.cat([q, options, q * options, position], dim=-1)  # (B, K, 3 dim + K)
+        return self.score(features).squeeze(-1)  # (B, K)
+
+
+# --8<-- [end:reader]

@@ -13,14 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snippets.prompting import (
+    ChoiceReader,
     Item,
     MiniLMEmbedder,
+    ReaderConfig,
     build_prompt,
     choice_shuffle_ensemble,
     knn,
     majority_vote,
     map_back,
     mean_pool,
+    multiple_choice_batch,
     random_permutations,
 )
 
@@ -132,10 +135,10 @@ def test_ensemble_of_an_oracle_and_of_a_position_biased_model(n_items, n_options
     def oracle(shown: torch.Tensor) -> torch.Tensor:
         return (shown == correct[:, None]).int().argmax(dim=-1)  # (N,) where the answer is shown
 
-    answer, votes = choice_shuffle_ensemble(oracle, options, n_shuffles, gen)
+    answer, answers = choice_shuffle_ensemble(oracle, options, n_shuffles, gen)
     assert answer.tolist() == correct.tolist()
-    assert (votes.sum(dim=-1) == n_shuffles).all()
-    assert (votes.gather(1, correct[:, None]).squeeze(1) == n_shuffles).all()
+    assert answers.shape == (n_items, n_shuffles)
+    assert (answers == correct[:, None]).all()  # every shuffle, mapped back, is right
 
     # Always answering "A": each vote goes to the option that was shuffled into position A.
     seen = []
@@ -144,9 +147,9 @@ def test_ensemble_of_an_oracle_and_of_a_position_biased_model(n_items, n_options
         seen.append(shown[:, 0].clone())
         return torch.zeros(shown.size(0), dtype=torch.long)
 
-    _, votes = choice_shuffle_ensemble(always_first, options, n_shuffles, gen)
-    expected = F.one_hot(torch.stack(seen, 1), n_options).sum(1)
-    assert torch.equal(votes, expected)
+    voted, answers = choice_shuffle_ensemble(always_first, options, n_shuffles, gen)
+    assert torch.equal(answers, torch.stack(seen, 1))
+    assert torch.equal(voted, majority_vote(answers, n_options)[0])
 
 
 def test_ensemble_shuffles_feature_tensors() -> None:
@@ -188,6 +191,39 @@ def test_random_permutations_are_permutations() -> None:
     # Position 0 holds each original option about a quarter of the time (600 draws).
     share = torch.bincount(perms[..., 0].flatten(), minlength=4) / 600
     assert (share - 0.25).abs().max() < 0.06
+
+
+# ---------------------------------------------------------------- the toy multiple-choice task
+
+
+def test_multiple_choice_batch_places_answers_as_asked() -> None:
+    gen = torch.Generator().manual_seed(0)
+    q, options, answers = multiple_choice_batch(20000, [0.7, 0.1, 0.1, 0.1], 16, 0.5, gen)
+    assert q.shape == (20000, 16) and options.shape == (20000, 4, 16) and answers.shape == (20000,)
+    share = torch.bincount(answers, minlength=4) / 20000
+    torch.testing.assert_close(share, torch.tensor([0.7, 0.1, 0.1, 0.1]), rtol=0, atol=0.015)
+    # The correct option correlates with the question at about `signal`; the others do not.
+    correct = options[torch.arange(20000), answers]  # (N, 16)
+    corr = lambda a, b: ((a * b).mean() / (a.std() * b.std())).item()
+    assert corr(q, correct) == pytest.approx(0.5, abs=0.02)
+    assert corr(q, options[torch.arange(20000), (answers + 1) % 4]) == pytest.approx(0.0, abs=0.02)
+    assert correct.std().item() == pytest.approx(1.0, abs=0.02)  # unit variance, like a distractor
+
+
+def test_reader_without_position_weights_is_permutation_equivariant() -> None:
+    torch.manual_seed(0)
+    reader = ChoiceReader(ReaderConfig(dim=8, n_options=4, hidden=16))
+    with torch.no_grad():
+        reader.score[0].weight[:, -4:] = 0  # cut the one-hot position inputs
+    q, options, _ = multiple_choice_batch(6, [0.25] * 4, 8, 0.5, torch.Generator().manual_seed(1))
+    perm = torch.tensor([2, 0, 3, 1])
+    logits = reader(q, options)  # (6, 4)
+    assert logits.shape == (6, 4)
+    torch.testing.assert_close(reader(q, options[:, perm]), logits[:, perm])
+    # With its position inputs the same reader is no longer equivariant: it can prefer a position.
+    with torch.no_grad():
+        reader.score[0].weight[:, -4] = 1.0
+    assert not torch.allclose(reader(q, options[:, perm]), reader(q, options)[:, perm])
 
 
 # ---------------------------------------------------------------- prompt assembly
