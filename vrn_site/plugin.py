@@ -206,8 +206,9 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             ),
         )
         if own:
+            table = self._claims_table(own, src, with_note=False)
             markdown = markdown.replace(
-                CLAIMS_MARKER, self._claims_table(own, src, with_note=False)
+                CLAIMS_MARKER, f'<div class="vrn-claims" markdown>\n\n{table}\n</div>\n'
             )
         if LEDGER_MARKER in markdown:
             markdown = markdown.replace(LEDGER_MARKER, self._ledger(src))
@@ -308,7 +309,7 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
                 "",
             ]
         lines += [
-            '<div class="vrn-ledger" markdown>',
+            '<div class="vrn-claims vrn-ledger" markdown>',
             "",
             self._claims_table(self.claims, from_src, with_note=True),
             "</div>",
