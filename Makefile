@@ -12,8 +12,11 @@ export NO_MKDOCS_2_WARNING := 1
 export PYTHONHASHSEED := 0
 LINTED := snippets vrn_site tests notebooks
 NBVAL ?= --nbval# `make test NBVAL=--nbval-lax` on a GPU: asserts only, outputs not compared
+SHARD ?=# `make test SHARD=1/2`: shard 1 of 2 (whole notes), its own run record; `make merge` joins them
+SHARD_RECORD := build/verification-shard-$(subst /,-of-,$(SHARD)).json
+SHARD_ARGS := $(if $(SHARD),--shard $(SHARD) --ledger-record $(SHARD_RECORD))
 
-.PHONY: help setup browser serve build test lint hooks unit site portability screenshots note notebooks lab test-lax test-gpu clean
+.PHONY: help setup browser serve build test lint hooks unit merge site portability screenshots note notebooks lab test-lax test-gpu clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,12 +56,25 @@ hooks: $(STAMP) ## install the pre-commit hooks (the fast checks of `make lint`)
 
 unit: $(STAMP) ## unit tests, cross-checks, ledger checks and every notebook under nbval (records the run)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m "not site" tests notebooks \
-	  $(NBVAL) --sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300
+	  $(NBVAL) --sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300 \
+	  --ledger-require-all $(SHARD_ARGS)
+
+merge: $(STAMP) ## join the shards' run records (build/verification-shard-*.json) into the site's one
+	$(PY) -m vrn_site.record merge build/verification-shard-*.json --out build/verification.json
 
 site: $(STAMP) $(BROWSER) ## strict site build and the browser test (shows the run recorded by `make unit`)
 	$(PY) -m pytest -m site tests
 
-test: lint unit site ## every check; ends with pytest's summary
+# A shard runs its notes' checks only; the site is built once from the merged records (`make
+# merge site`). A full run also records its own duration for the benchmark page (`make bench`).
+test: ## every check; ends with pytest's summary (with SHARD=i/n: lint and that shard's checks)
+ifeq ($(SHARD),)
+	@start=$$(date +%s); $(MAKE) --no-print-directory lint unit site && \
+	  printf '{"seconds": %d, "date": "%s"}\n' $$(( $$(date +%s) - start )) \
+	    "$$(date -u '+%Y-%m-%d %H:%M UTC')" > build/test-seconds.json
+else
+	$(MAKE) --no-print-directory lint unit
+endif
 
 screenshots: $(STAMP) $(BROWSER) ## every page at 1280 and 390 px, as PNGs in build/screenshots/
 	VRN_SCREENSHOTS=build/screenshots $(PY) -m pytest -m site tests/test_site.py -q -k loads_cleanly
@@ -70,7 +86,7 @@ portability: $(STAMP) ## every notebook under strict nbval with other CPU kernel
 	ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 \
 	  $(PY) -m pytest -n 2 --dist loadfile notebooks --nbval \
 	  --sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300 \
-	  --ledger-record build/verification-portability.json
+	  --ledger-record build/verification-portability.json --ledger-require-all $(if $(SHARD),--shard $(SHARD))
 
 test-lax: ## for machines that cannot reproduce x86 bits (ARM, GPU): asserts and published values within tolerance
 	$(MAKE) test NBVAL=--nbval-lax

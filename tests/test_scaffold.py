@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from conftest import mkdocs_build, nbval
 
-from vrn_site.ledger import load_ledger
+from vrn_site.ledger import load_site
 from vrn_site.scaffold import ScaffoldError, scaffold
 
 SLUG, TITLE, ARXIV = "flash-attention", "FlashAttention", "2205.14135"
@@ -31,7 +31,7 @@ def test_a_scaffolded_note_builds_fails_its_placeholder_then_passes_a_real_check
     assert result.returncode == 0, result.stderr
     assert "wrote docs/notes/flash-attention.md" in result.stdout
 
-    claims = {c.id for c in load_ledger(mini_site)}
+    claims = {c.id for c in load_site(mini_site).claims}
     assert "flash-attention.placeholder" in claims
     built = mkdocs_build(mini_site)
     assert built.returncode == 0, built.stderr[-3000:]

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import pytest
 from conftest import ROOT, mkdocs_build
 
-from vrn_site.ledger import load_ledger
+from vrn_site.ledger import load_site
 
 pytestmark = pytest.mark.site
 
@@ -294,7 +294,7 @@ def test_every_note_shows_its_figures_with_alt_text_and_captions(visits):
 
 
 def test_each_claim_shows_its_verdict_where_it_is_argued(visits):
-    claims = load_ledger(ROOT)
+    claims = load_site(ROOT).claims
     for page, v in pages(visits, "notes/").items():
         own = [c for c in claims if c.note.stem == page.split("/")[1]]
         assert v["verdicts"] == len(own), (
@@ -396,7 +396,7 @@ def test_search_previews_hold_no_raw_tex_prompts_or_widget_text(built_site):
 
 def test_claims_json_publishes_the_whole_ledger(built_site):
     published = json.loads((built_site / "claims.json").read_text())
-    claims = load_ledger(ROOT)
+    claims = load_site(ROOT).claims
     assert [c["id"] for c in published["claims"]] == [c.id for c in claims]
     for entry in published["claims"]:
         assert entry["verdict"] and entry["finding"] and entry["seed"]

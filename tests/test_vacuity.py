@@ -168,9 +168,9 @@ def test_a_do_nothing_helper_from_another_cell_is_named():
 
 
 def test_the_ledger_message_names_notebook_cell_and_claim():
-    message = describe(Path("notebooks/gpt/tiny_gpt.ipynb"), 12, "G3", ["first", "second"])
+    message = describe(Path("notebooks/gpt/tiny_gpt.ipynb"), "Cell 6, In [7]", ["G3"], ["a", "b"])
     assert message == (
-        "notebooks/gpt/tiny_gpt.ipynb cell 12 (claim G3): the check cannot fail: first; second"
+        "notebooks/gpt/tiny_gpt.ipynb Cell 6, In [7] (claim G3): the check cannot fail: a; b"
     )
 
 
@@ -227,8 +227,9 @@ def test_a_function_called_in_another_cell_is_a_real_check():
     assert reasons("def check(x):\n    assert x > 0\n", other_cells=("check(y)",)) == []
 
 
-def test_a_cell_that_does_not_parse_is_left_to_the_ledger():
-    assert reasons("assert (") == []  # it fails whenever it runs; has_assert names it
+def test_a_cell_that_does_not_parse_is_named():
+    (reason,) = reasons("assert (")
+    assert reason.startswith("it is not valid Python (line 1:")
 
 
 # --- the project's own notebooks ------------------------------------------------------------------
@@ -256,7 +257,7 @@ def test_every_check_of_the_notebooks_can_fail(notebook):
     cells = checking_cells(notebook)
     assert cells, f"{notebook} has no checking cell"
     problems = [
-        describe(notebook.relative_to(ROOT), index, ids[0], found)
+        describe(notebook.relative_to(ROOT), f"cell {index}", ids, found)
         for index, ids, source, tags, code in cells
         if (found := cannot_fail(source, tags, code, ROOT))
     ]

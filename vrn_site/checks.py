@@ -14,6 +14,7 @@ import re
 import sys
 from pathlib import Path
 
+from vrn_site import project_root
 from vrn_site.ledger import claim_ids_in_tags, notebook_paths
 
 LOCAL_PATH = re.compile(r"(?:/home/|/root/|/Users/|/work/|/tmp/|[A-Z]:\\\\Users\\\\)[\w.-]+")
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
     args = parser.parse_args(argv)
-    paths = args.notebooks or notebook_paths(Path("notebooks"))
+    paths = args.notebooks or notebook_paths(project_root() / "notebooks")
     found = [p for path in paths for p in problems(path)]
     if found:
         sys.exit("\n".join(found))

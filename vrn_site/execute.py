@@ -13,12 +13,11 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+from vrn_site import project_root
 from vrn_site.ledger import notebook_paths
 from vrn_site.record import run_environment
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def execute(path: Path, timeout: int = 600) -> float:
@@ -36,6 +35,13 @@ def execute(path: Path, timeout: int = 600) -> float:
         client.execute()
     except CellExecutionError as err:
         raise SystemExit(f"{path}: a cell failed while executing:\n{err}") from None
+    except CellTimeoutError:
+        raise SystemExit(
+            f"{path}: a cell ran longer than {timeout} s and was stopped; a notebook should run "
+            "in under a minute (tiny models, few steps)"
+        ) from None
+    except DeadKernelError as err:
+        raise SystemExit(f"{path}: the kernel died while executing ({err})") from None
     seconds = time.perf_counter() - start
     nb.metadata["vrn"] = {"executed": run_environment() | {"seconds": round(seconds, 1)}}
     nbformat.write(nb, path)
@@ -45,9 +51,10 @@ def execute(path: Path, timeout: int = 600) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("--timeout", type=int, default=600, help="seconds a cell may run")
     args = parser.parse_args(argv)
-    for path in args.notebooks or notebook_paths(ROOT / "notebooks"):
-        seconds = execute(path)
+    for path in args.notebooks or notebook_paths(project_root() / "notebooks"):
+        seconds = execute(path, args.timeout)
         print(f"{path}: executed in {seconds:.1f} s", file=sys.stderr)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 
+from vrn_site import project_root
 from vrn_site.ledger import front_matter
 
 SLUG = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
@@ -130,7 +131,7 @@ def scaffold(root: Path, slug: str, title: str, arxiv: str) -> list[Path]:
     orders = [
         o
         for p in (root / "docs" / "notes").glob("*.md")
-        if isinstance(o := front_matter(p).get("order"), int)
+        if isinstance(o := (front_matter(p, root, []) or {}).get("order"), int)
     ]
     stem = f"{slug.replace('-', '_')}_checks"
     page.write_text(page_text(slug, title.strip(), arxiv, max(orders, default=0) + 1, stem))
@@ -144,8 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("slug")
     parser.add_argument("title")
     parser.add_argument("arxiv")
-    parser.add_argument("--root", type=Path, default=Path.cwd())
+    parser.add_argument("--root", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.root = args.root or project_root()
     try:
         written = scaffold(args.root, args.slug, args.title, args.arxiv)
     except ScaffoldError as err:

@@ -101,8 +101,8 @@ def cannot_fail(source: str, tags: list[str], notebook_sources: list[str], root:
         return skipped
     try:
         cell = ast.parse(_python(source))
-    except SyntaxError:
-        return []  # it fails whenever it runs; the ledger reports it has no assert
+    except SyntaxError as err:
+        return [f"it is not valid Python (line {err.lineno}: {err.msg})"]
     found = Reader(_notebook_scope(tuple(notebook_sources), root)).body(cell.body)
     if any(a.why is None for a in found):
         return []
@@ -111,10 +111,10 @@ def cannot_fail(source: str, tags: list[str], notebook_sources: list[str], root:
     return list(dict.fromkeys(f"{a.label} {a.why}" for a in found))
 
 
-def describe(notebook: Path, cell_number: int, claim_id: str, reasons: list[str]) -> str:
-    """The ledger's message for a check that cannot fail (``cell_number`` as ledger.Check.cell)."""
+def describe(notebook: Path, cell: str, claim_ids: list[str], reasons: list[str]) -> str:
+    """The ledger's message for a check that cannot fail (``cell``: ledger.cell_label's text)."""
     return (
-        f"{notebook.as_posix()} cell {cell_number} (claim {claim_id}): "
+        f"{notebook.as_posix()} {cell} (claim {', '.join(claim_ids)}): "
         f"the check cannot fail: {'; '.join(reasons)}"
     )
 

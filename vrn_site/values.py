@@ -12,10 +12,8 @@ re-stored one updates the page.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from vrn_site.ledger import PUBLISH_TAG, notebook_paths, read_notebook
-
+PUBLISH_TAG = "publish"
 REFERENCE = re.compile(r"(?<!\\)\{\{\s*([A-Za-z0-9_-]+)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 ANY_PLACEHOLDER = re.compile(r"(?<!\\)\{\{.*?\}\}", re.S)
 ESCAPED = re.compile(r"\\(\{\{.*?\}\})", re.S)
@@ -26,13 +24,6 @@ def publish(**values: object) -> None:
     ``publish``). Format numbers before passing them: the page shows exactly this text."""
     for name, value in values.items():
         print(f"{name} = {value}")
-
-
-def published_values(notebooks_dir: Path) -> dict[str, dict[str, str]]:
-    """{notebook stem: {name: value}} from the stored outputs of cells tagged ``publish``."""
-    root, problems = notebooks_dir.parent, []
-    notebooks = (read_notebook(root, path, problems) for path in notebook_paths(notebooks_dir))
-    return {nb.path.stem: nb.values for nb in notebooks if nb}
 
 
 def fill(text: str, values: dict[str, dict[str, str]], where: str) -> str:
