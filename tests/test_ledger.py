@@ -206,6 +206,13 @@ def test_a_broken_link_in_a_note_fails_the_build(mini_site):
     assert_build_fails(mini_site, "notes/demo.md", "gone.ipynb")
 
 
+def test_a_link_to_a_missing_anchor_fails_the_build(mini_site):
+    edit(mini_site / NOTE, "[notebook](../notebooks/demo/demo.ipynb)", "[notebook](#no-such-part)")
+    assert_build_fails(
+        mini_site, "docs/notes/demo.md: links to '#no-such-part'", "no element with id"
+    )
+
+
 def test_a_broken_link_in_a_notebook_fails_the_build(mini_site):
     edit_notebook(
         mini_site,

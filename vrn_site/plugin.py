@@ -12,7 +12,8 @@ Only the hooks live here; the work is done by the modules they call:
   ``<!-- changelog -->`` (vrn_site.changelog).
 - on_page_content / on_post_page: notebook pages are kept out of the search index where they are
   code, and marked up with their checks (vrn_site.notebook_page).
-- on_post_build: the search index shows math as plain text.
+- on_post_build: the search index shows math as plain text, and every link of the built site must
+  lead to a file and an anchor that exist (vrn_site.links).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin, event_priority
 from mkdocs.structure.files import File, Files
 
-from vrn_site import changelog, notebook_page, record, vendor
+from vrn_site import changelog, links, notebook_page, record, vendor
 from vrn_site.ledger import LedgerError, load_site
 from vrn_site.render import MarkdownError, Renderer, plain_search_index
 from vrn_site.values import fill
@@ -56,6 +57,7 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
             raise PluginError(str(err)) from None
         status = record.status(run, self.site, self.root) if run else None
         self.render = Renderer(self.site.claims, self.site.notebooks, run, status)
+        self.sources: dict[str, str] = {}  # page in the site -> the file it was built from
         config.nav = self._nav(config.nav)
         config.watch.extend(str(p) for p in (notebooks_dir, self.root / "snippets") if p.is_dir())
         return config
@@ -134,6 +136,9 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
 
     def on_post_page(self, output: str, page, config) -> str:
         src = page.file.src_uri
+        self.sources[page.file.dest_uri] = (
+            src if src.endswith(".ipynb") else self.site.shown(self.docs_dir / src)
+        )
         if not src.endswith(".ipynb"):
             return output
         try:
@@ -147,3 +152,5 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         if index.exists():
             data = plain_search_index(json.loads(index.read_text(encoding="utf-8")))
             index.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        if broken := links.broken_links(Path(config.site_dir), self.sources):
+            raise PluginError("broken links:\n  " + "\n  ".join(broken))
