@@ -226,6 +226,43 @@ def test_the_leak_scan_finds_a_stored_traceback_path(mini_site, tmp_path):
     shutil.copytree(mini_site / "notebooks", built)
     leaky = nbformat.read(built / "demo" / "demo.ipynb", as_version=4)
     trace = f"File {ROOT}/snippets/gpt.py:12"
-    leaky.cells[1].outputs = [nbformat.v4.new_output("error", ename="E", evalue="x", traceback=[trace])]
+    leaky.cells[1].outputs = [
+        nbformat.v4.new_output("error", ename="E", evalue="x", traceback=[trace])
+    ]
     nbformat.write(leaky, built / "demo" / "demo.ipynb")
     assert machine_traces(built, mini_site) == [f"demo/demo.ipynb: {ROOT}"]
+
+
+def test_two_runs_that_disagree_are_named_claim_by_claim(mini_site):
+    assert nbval(mini_site).returncode == 0
+    path = mini_site / "build" / "verification.json"
+    first = record.read(path)
+    again = record.RunRecord.from_json(record.dataclasses.asdict(first))
+    assert record.differences(first, again) == []
+    again.claims = {"demo.addition": "failed"}
+    assert record.differences(first, again) == ["claim demo.addition: passed vs failed"]
+    record.write(mini_site / "other.json", again)
+    result = subprocess.run(
+        [sys.executable, "-m", "vrn_site.record", "same", str(path), str(mini_site / "other.json")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "claim demo.addition: passed vs failed" in result.stderr
+
+
+# --- the executor --------------------------------------------------------------------------------
+
+
+def test_the_executor_names_a_notebook_whose_cell_runs_too_long(mini_site):
+    edit_notebook(
+        mini_site, lambda nb: setattr(nb.cells[1], "source", "import time\ntime.sleep(30)")
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "vrn_site.execute", "--timeout", "2", str(mini_site / NOTEBOOK)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]  # after what the interrupted kernel printed
+    assert last.startswith(f"{mini_site / NOTEBOOK}: a cell ran longer than 2 s and was stopped")

@@ -211,12 +211,26 @@ def status(run: RunRecord, site: Site, root: Path) -> RunStatus:
     return RunStatus(not problems, stale, summary, problems)
 
 
+def differences(a: RunRecord, b: RunRecord) -> list[str]:
+    """How two runs of the same checks disagree: claim outcomes, or notebooks verified."""
+    found = [
+        f"claim {i}: {a.claims.get(i, 'not run')} vs {b.claims.get(i, 'not run')}"
+        for i in sorted(set(a.claims) | set(b.claims))
+        if a.claims.get(i) != b.claims.get(i)
+    ]
+    if a.notebooks != b.notebooks:
+        found.append("they verified different notebooks (or notebook contents)")
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m vrn_site.record merge SHARD.json ... --out build/verification.json``."""
+    """``python -m vrn_site.record merge SHARD.json ... --out build/verification.json``, or
+    ``python -m vrn_site.record same A.json B.json``: two runs (1 and 2 threads, other kernels,
+    or twice in a row) gave the same outcome for every claim, on the same notebooks."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="merge the run records of a run's shards")
-    parser.add_argument("command", choices=["merge"])
+    parser = argparse.ArgumentParser(description="merge or compare verifying runs' records")
+    parser.add_argument("command", choices=["merge", "same"])
     parser.add_argument("records", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_PATH))
     args = parser.parse_args(argv)
@@ -225,6 +239,15 @@ def main(argv: list[str] | None = None) -> None:
         if (run := read(path)) is None:
             raise SystemExit(f"{path}: no such run record")
         found.append(run)
+    if args.command == "same":
+        if len(found) != 2:
+            raise SystemExit("`same` compares exactly two records")
+        if differ := differences(*found):
+            raise SystemExit(
+                f"{args.records[0]} and {args.records[1]} disagree:\n  " + "\n  ".join(differ)
+            )
+        print(f"{args.records[0]} and {args.records[1]}: the same outcome for every claim")
+        return
     try:
         write(args.out, merge(found))
     except ValueError as err:
