@@ -16,7 +16,7 @@ SHARD ?=# `make test SHARD=1/2`: shard 1 of 2 (whole notes), its own run record;
 SHARD_RECORD := build/verification-shard-$(subst /,-of-,$(SHARD)).json
 SHARD_ARGS := $(if $(SHARD),--shard $(SHARD) --ledger-record $(SHARD_RECORD))
 
-.PHONY: help setup browser serve build test lint hooks unit merge site portability bench screenshots note notebooks lab test-lax test-gpu clean
+.PHONY: help setup browser serve build test lint hooks unit merge site portability bench mutants screenshots note notebooks lab test-lax test-gpu clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -93,6 +93,9 @@ portability: $(STAMP) ## every notebook under strict nbval with other CPU kernel
 bench: $(STAMP) ## every speed claim measured side by side (build/bench.json, copied to docs/ for the site)
 	$(PY) -m vrn_site.bench --out build/bench.json
 	cp build/bench.json docs/bench.json
+
+mutants: $(STAMP) ## mutation testing of snippets/: how many planted bugs the checks catch (docs/mutants.json)
+	$(PY) -m vrn_site.mutants --jobs 2 --report docs/mutants.json
 
 test-lax: ## for machines that cannot reproduce x86 bits (ARM, GPU): asserts and published values within tolerance
 	$(MAKE) test NBVAL=--nbval-lax
