@@ -205,3 +205,44 @@ def test_generate_refuses_to_run_past_block_size() -> None:
     for use_cache in (True, False):
         with pytest.raises(ValueError, match="block_size"):
             generate(ours, prompt, 3, temperature=0.0, use_cache=use_cache)
+
+
+def test_top_p_stops_at_a_nucleus_that_reaches_p_exactly() -> None:
+    """The nucleus is the smallest set whose mass reaches p: when the r likeliest tokens hold
+    exactly p, they are the nucleus, without the next one. p is set to the float32 running total
+    itself, the one boundary the hypothesis tests above step around."""
+    logits = torch.tensor([[2.0, -1.0, 0.5, 1.0, 0.0]])
+    order = logits[0].argsort(descending=True)
+    cumulative = logits.sort(dim=-1, descending=True).values.softmax(-1).cumsum(-1)[0]
+    for r in range(1, 5):
+        p = cumulative[r - 1].item()  # the mass of the r likeliest tokens, exactly
+        kept = (top_p_filter(logits, p) > NEG_INF)[0]
+        assert kept.sum() == r
+        assert kept[order[:r]].all()
+
+
+def test_rows_ending_at_different_steps_are_padded_with_eos_like_transformers() -> None:
+    """A row that has emitted the end token emits it again, not its own continuation, while the
+    other rows go on; transformers pads finished rows the same way."""
+    hf, ours = tiny_gpt2_pair(init_std=0.5)  # peaked logits: greedy rows change token often
+    prompt = torch.randint(1, 61, (3, 4), generator=torch.Generator().manual_seed(7))
+    free = generate(ours, prompt, 12, temperature=0.0)[:, 4:]  # (3, 12) without an end token
+    eos = 11
+    # The premise, so that the padding is visible: row 0 first emits 11 at step 3, row 2 at
+    # step 2, row 1 never; left alone, row 0 would go on with another token.
+    first = [int((row == eos).nonzero()[0]) if (row == eos).any() else None for row in free]
+    assert first == [2, None, 1]
+    assert free[0, 3] != eos
+    expected = hf.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+    for use_cache in (True, False):
+        got = generate(ours, prompt, 12, temperature=0.0, eos_id=eos, use_cache=use_cache)
+        assert torch.equal(got, expected)
+        assert (got[0, 4 + 2 :] == eos).all() and (got[2, 4 + 1 :] == eos).all()
+        assert torch.equal(got[1, 4:], free[1])  # the unfinished row is unaffected

@@ -23,6 +23,24 @@ def test_logits_match_transformers_gpt2(shape: tuple[int, int]) -> None:
         torch.testing.assert_close(ours(idx), hf(idx).logits, **TOL)
 
 
+def test_logits_match_transformers_where_the_gelu_approximation_shows() -> None:
+    """GPT-2 uses the tanh approximation of GELU. At GPT-2's init (std 0.02) the MLP's inputs are
+    so small that tanh and exact GELU agree within the tolerance; at std 0.2 they do not, and ours
+    must still match transformers' GPT-2."""
+    import transformers
+
+    hf, ours = tiny_gpt2_pair(init_std=0.2)
+    exact_cfg = transformers.GPT2Config(**(hf.config.to_dict() | {"activation_function": "gelu"}))
+    exact = transformers.GPT2LMHeadModel(exact_cfg).eval()
+    exact.load_state_dict(hf.state_dict())
+    idx = torch.randint(0, 61, (3, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = hf(idx).logits
+        torch.testing.assert_close(ours(idx), theirs, **TOL)
+        # The check has the power to tell the two apart: exact GELU misses GPT-2 by ~1e-3.
+        assert not torch.allclose(exact(idx).logits, theirs, **TOL)
+
+
 def test_cached_forward_matches_full_forward() -> None:
     _, ours = tiny_gpt2_pair(seed=1)
     idx = torch.randint(0, 61, (2, 12))

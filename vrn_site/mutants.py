@@ -57,6 +57,8 @@ OPERATORS = {
     "boolean": "True ↔ False, and ↔ or",
     "statement": "an expression statement or (augmented) assignment → pass",
     "return": "return value → return None",
+    "keyword": "a keyword argument dropped, so the callee's default applies (not device=, nor "
+    "a True/False one: the boolean operator covers those)",
 }
 _CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq}
 _CMP |= {ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn}
@@ -67,6 +69,8 @@ _BIN |= {ast.BitOr: ast.BitAnd, ast.BitAnd: ast.BitOr}
 _UNARY = {ast.USub: "-", ast.Not: "not", ast.Invert: "~"}
 _ATOMS = (ast.Constant, ast.Name, ast.Attribute, ast.Call, ast.Subscript)
 _OUTPUT_CALLS = {"print", "warn", "debug", "info", "warning", "error", "exception", "log"}
+# Figure styling: no check can say that a font size or a colour is right.
+STYLE_KEYWORDS = {"figsize", "fontsize", "color", "ls", "lw", "ha", "va", "aspect", "cmap", "alpha"}
 
 
 def _symbol(op: ast.AST) -> str:
@@ -106,7 +110,8 @@ class _Finder(ast.NodeVisitor):
     """Collects (node, qualname, operator, replacement text, enclosing statement) candidates.
 
     Never mutated: docstrings, type annotations, decorators, f-strings and other strings, ``raise``
-    statements (error messages), output calls (print, logging, warnings), ``__repr__``."""
+    statements (error messages), output calls (print, logging, warnings), ``__repr__``, figure
+    styling keywords (``STYLE_KEYWORDS``)."""
 
     def __init__(self) -> None:
         self.found: list[tuple[ast.AST, str, str, str, ast.stmt]] = []
@@ -187,6 +192,19 @@ class _Finder(ast.NodeVisitor):
         ):
             self.add(node, "return → return None", "return None")
         self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        for kw in node.keywords:
+            if kw.arg in STYLE_KEYWORDS or kw.arg in (None, "device"):
+                continue
+            if not (isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, bool)):
+                rest = [k for k in node.keywords if k is not kw]
+                self.replace(node, ast.Call(node.func, node.args, rest), f"drop {kw.arg}=")
+        for child in [node.func, *node.args]:
+            self.visit(child)
+        for kw in node.keywords:
+            if kw.arg not in STYLE_KEYWORDS:
+                self.visit(kw.value)
 
     def visit_Compare(self, node: ast.Compare) -> None:
         for i, op in enumerate(node.ops):
@@ -618,7 +636,7 @@ def _git_commit(root: Path) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def test_module(
+def mutate_module(
     project: Project,
     module: str,
     tests: list[str],
@@ -807,7 +825,7 @@ def run(
     entries = dict((previous or {}).get("modules", {}))
     for module in modules:
         tests, nbs = graph[module]
-        entries[module] = test_module(
+        entries[module] = mutate_module(
             project,
             module,
             tests,
