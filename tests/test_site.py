@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
@@ -208,15 +209,20 @@ def mermaid_label_sizes(page) -> list[float]:
     return sizes
 
 
-@pytest.fixture(scope="module")
-def visits(browser, base_url, built_site) -> dict[tuple[str, str], dict]:
-    """{(width name, page): what the reader sees}, every page visited once at each width."""
+def visit_every_page(base_url: str, built_site: Path, name: str, size: tuple[int, int]) -> dict:
+    """{(name, page): what the reader sees} at one width, in a browser of its own (each width
+    runs in its own thread: playwright's sync API wants one instance per thread)."""
+    from playwright.sync_api import sync_playwright
+
     shots = os.environ.get("VRN_SCREENSHOTS")
     seen: dict[tuple[str, str], dict] = {}
-    for name, (width, height) in (("wide", WIDE), ("phone", PHONE)):
-        watch = PageWatch(browser, base_url, viewport={"width": width, "height": height})
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        watch = PageWatch(browser, base_url, viewport={"width": size[0], "height": size[1]})
         for path in [""] + site_pages(built_site):
-            watch.page.goto(base_url + path, wait_until="networkidle")
+            watch.page.goto(base_url + path, wait_until="load")  # scripts, styles and images
             watch.page.wait_for_function(
                 "() => window.MathJax && MathJax.startup && MathJax.startup.promise"
             )
@@ -237,8 +243,23 @@ def visits(browser, base_url, built_site) -> dict[tuple[str, str], dict]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 watch.page.screenshot(path=str(target), full_page=True)
         watch.close()
-        seen[(name, "problems")] = watch.problems
+        browser.close()
+    seen[(name, "problems")] = watch.problems
     return seen
+
+
+@pytest.fixture(scope="module")
+def visits(base_url, built_site) -> dict[tuple[str, str], dict]:
+    """{(width name, page): what the reader sees}, every page visited once at each width; the two
+    widths are visited side by side."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        widths = [
+            pool.submit(visit_every_page, base_url, built_site, name, size)
+            for name, size in (("wide", WIDE), ("phone", PHONE))
+        ]
+        return {key: value for width in widths for key, value in width.result().items()}
 
 
 @pytest.mark.parametrize("width", ["wide", "phone"])
