@@ -46,6 +46,7 @@ ID_PATTERN = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
 SEED_PATTERN = re.compile(r"^[A-Z][0-9]+$")
 REQUIRED = ("id", "seed", "claim", "verdict", "finding")
 OPTIONAL = ("reason", "sources")
+BENCH, BENCH_RESULTS = "bench", "bench.json"  # {{ bench.<name> }}: docs/bench.json (make bench)
 NOTE_KEYS = ("title", "nav_title", "order", "notebooks", "claims")
 MKDOCS_KEYS = ("description", "hide", "search", "status", "subtitle", "tags", "template", "icon")
 
@@ -417,11 +418,9 @@ class Site:
     claims: list[Claim]
     notes: list[Note]
     notebooks: list[Notebook]
-
-    @property
-    def values(self) -> dict[str, dict[str, str]]:
-        """{notebook stem: {name: value}}, from the stored outputs of cells tagged ``publish``."""
-        return {nb.path.stem: nb.values for nb in self.notebooks}
+    # {notebook stem: {name: value}} from the stored outputs of cells tagged ``publish``, and
+    # {"bench": {name: value}} from the committed benchmark results (docs/bench.json)
+    values: dict[str, dict[str, str]]
 
     @property
     def figures(self) -> list[Figure]:
@@ -430,6 +429,21 @@ class Site:
     def shown(self, path: Path) -> str:
         """A path as messages show it (relative to the repository root)."""
         return shown(path, self.root)
+
+
+def read_results(path: Path, problems: list[str], root: Path) -> dict | None:
+    """Committed results that a page renders (docs/bench.json, docs/mutants.json); None if absent."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        problems.append(f"{shown(path, root)}: not valid JSON ({err})")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{shown(path, root)}: expected a JSON object")
+        return None
+    return data
 
 
 def load_site(root: Path, docs_dir: Path | None = None, notebooks_dir: Path | None = None) -> Site:
@@ -462,6 +476,13 @@ def load_site(root: Path, docs_dir: Path | None = None, notebooks_dir: Path | No
             )
         stems.setdefault(nb.path.stem, nb.path)
     values = {nb.path.stem: nb.values for nb in notebooks}
+    if BENCH in values:
+        problems.append(f"{stems[BENCH]}: the name {BENCH!r} is kept for the benchmark's values")
+    bench = read_results(docs_dir / BENCH_RESULTS, problems, root)
+    if bench is not None:
+        from vrn_site.bench import published_values  # no torch: it imports that lazily
+
+        values[BENCH] = published_values(bench)
 
     checks: dict[str, list[Check]] = {}
     for nb in notebooks:
@@ -499,7 +520,7 @@ def load_site(root: Path, docs_dir: Path | None = None, notebooks_dir: Path | No
                 )
     if problems:
         raise LedgerError(problems)
-    return Site(root, docs_dir, claims, notes, notebooks)
+    return Site(root, docs_dir, claims, notes, notebooks, values)
 
 
 def verdict_counts(claims: list[Claim]) -> dict[str, int]:

@@ -9,7 +9,9 @@ Only the hooks live here; the work is done by the modules they call:
   vendored MathJax and Mermaid files (vrn_site.vendor) under assets/vendor/.
 - on_page_markdown: quoted numbers are filled in (vrn_site.values) and claim markers rendered
   (vrn_site.render): ``<!-- claim: <id> -->``, ``<!-- claims-table -->``, ``<!-- ledger -->``,
-  ``<!-- changelog -->`` (vrn_site.changelog).
+  ``<!-- changelog -->`` (vrn_site.changelog), ``<!-- bench -->`` and ``<!-- mutants -->`` (the
+  committed results of ``make bench`` and ``make mutants``, rendered by vrn_site.bench and
+  vrn_site.mutants).
 - on_page_content / on_post_page: notebook pages are kept out of the search index where they are
   code, and marked up with their checks (vrn_site.notebook_page).
 - on_post_build: the search index shows math as plain text, and every link of the built site must
@@ -18,6 +20,7 @@ Only the hooks live here; the work is done by the modules they call:
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -28,11 +31,17 @@ from mkdocs.plugins import BasePlugin, event_priority
 from mkdocs.structure.files import File, Files
 
 from vrn_site import changelog, links, notebook_page, record, vendor
-from vrn_site.ledger import LedgerError, load_site
+from vrn_site.ledger import LedgerError, load_site, read_results
 from vrn_site.render import MarkdownError, Renderer, plain_search_index
 from vrn_site.values import fill
 
 CHANGELOG_MARKER = "<!-- changelog -->"
+# Pages rendered from committed results: marker -> (results in docs_dir, the command that makes
+# them, the module whose render() turns them into Markdown)
+RESULTS = {
+    "<!-- bench -->": ("bench.json", "make bench", "vrn_site.bench"),
+    "<!-- mutants -->": ("mutants.json", "make mutants", "vrn_site.mutants"),
+}
 NOTES_SECTION = "Notes"
 # A search ranks a note above its notebooks, whose titles and prose repeat the note's subject
 # (the ``boost`` that Material's search reads from a page's metadata).
@@ -126,7 +135,23 @@ class LedgerPlugin(BasePlugin[LedgerConfig]):
         if CHANGELOG_MARKER in markdown:
             history = changelog.history(self.root, self.site.shown(self.docs_dir / "notes"))
             markdown = markdown.replace(CHANGELOG_MARKER, changelog.render(history))
+        for marker, (name, command, module) in RESULTS.items():
+            if marker in markdown:
+                markdown = markdown.replace(marker, self._results(name, command, module))
         return markdown
+
+    def _results(self, name: str, command: str, module: str) -> str:
+        """The Markdown of committed results (docs/bench.json, docs/mutants.json)."""
+        problems: list[str] = []
+        results = read_results(self.docs_dir / name, problems, self.root)
+        if problems:
+            raise PluginError(problems[0])
+        if results is None:
+            return (
+                f'!!! warning "Not measured yet"\n    `{command}` writes '
+                f"{self.site.shown(self.docs_dir / name)}, which this page shows.\n"
+            )
+        return importlib.import_module(module).render(results)
 
     def on_page_content(self, html_text: str, page, config, files) -> str:
         if not page.file.src_uri.endswith(".ipynb"):
