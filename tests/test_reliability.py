@@ -136,6 +136,9 @@ def test_a_lax_run_is_not_shown_as_verified(mini_site):
     run = record.read(mini_site / "build" / "verification.json")
     status = record.status(run, load_site(mini_site), mini_site)
     assert not status.verified and any("not strict" in p for p in status.problems)
+    assert mkdocs_build(mini_site).returncode == 0
+    note = (mini_site / "_site" / "notes" / "demo" / "index.html").read_text()
+    assert "asserts passed, outputs not compared" in note
 
 
 # --- shards --------------------------------------------------------------------------------------
