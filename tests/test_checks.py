@@ -35,7 +35,7 @@ def test_a_clean_notebook_passes(tmp_path):
 def test_an_unexecuted_cell_is_named(tmp_path):
     path = stored(tmp_path, executed("x = 1"), nbformat.v4.new_code_cell("x + 1"))
     (problem,) = problems(path)
-    assert "nb.ipynb: cell 1 is not stored executed" in problem
+    assert "nb.ipynb: Cell 1 is not stored executed" in problem
 
 
 def test_a_scaffolded_placeholder_notebook_may_be_unexecuted(tmp_path):
@@ -46,7 +46,7 @@ def test_a_scaffolded_placeholder_notebook_may_be_unexecuted(tmp_path):
 @pytest.mark.parametrize("leak", ["/home/alice/notes/data.txt", "/work/main/snippets/gpt.py"])
 def test_a_local_path_in_an_output_is_named(tmp_path, leak):
     (problem,) = problems(stored(tmp_path, executed("print(p)", f"reading {leak}\n")))
-    assert "cell 0 shows the local path" in problem and leak.split("/")[1] in problem
+    assert "Cell 0, In [1] shows the local path" in problem and leak.split("/")[1] in problem
 
 
 def test_the_command_exits_non_zero_naming_the_file(tmp_path):
@@ -54,4 +54,10 @@ def test_the_command_exits_non_zero_naming_the_file(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "vrn_site.checks", str(path)], capture_output=True, text=True
     )
-    assert result.returncode != 0 and "nb.ipynb: cell 0" in result.stderr
+    assert result.returncode != 0 and "nb.ipynb: Cell 0" in result.stderr
+
+
+def test_the_host_name_in_an_output_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr("vrn_site.checks.HOST", "build-box-17")
+    (problem,) = problems(stored(tmp_path, executed("print(host)", "ran on build-box-17\n")))
+    assert "Cell 0, In [1] shows this machine's host name 'build-box-17'" in problem

@@ -3,7 +3,9 @@
 
 - every code cell is stored executed (the site shows stored outputs and nbval compares them), except
   in a scaffolded notebook that still holds its placeholder claim (`make note`);
-- no output leaks the machine it ran on: absolute paths of home, work or temporary directories.
+- no output leaks the machine it ran on: absolute paths of home, work or temporary directories,
+  or this machine's host name.
+Cells are named as everywhere else: nbval's "Cell N" (code cells from 0) and Jupyter's "In [n]".
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
 import sys
 from pathlib import Path
 
 from vrn_site import project_root
-from vrn_site.ledger import claim_ids_in_tags, notebook_paths
+from vrn_site.ledger import cell_label, claim_ids_in_tags, notebook_paths
 
 LOCAL_PATH = re.compile(r"(?:/home/|/root/|/Users/|/work/|/tmp/|[A-Z]:\\\\Users\\\\)[\w.-]+")
+HOST = socket.gethostname()
 
 
 def problems(path: Path) -> list[str]:
@@ -29,12 +33,12 @@ def problems(path: Path) -> list[str]:
     tags = [t for c in cells for t in (c.get("metadata") or {}).get("tags", [])]
     scaffold = any(i.endswith(".placeholder") for i in claim_ids_in_tags(tags))
     found = []
-    for index, cell in enumerate(cells):
-        if cell.get("cell_type") != "code":
-            continue
+    code = [c for c in cells if c.get("cell_type") == "code"]
+    for number, cell in enumerate(code):
+        label = cell_label(number, cell.get("execution_count"))
         if cell.get("execution_count") is None and not scaffold:
             found.append(
-                f"{path}: cell {index} is not stored executed; run "
+                f"{path}: {label} is not stored executed; run "
                 f"`python -m vrn_site.execute {path}` and commit the result"
             )
         for output in cell.get("outputs", []):
@@ -42,9 +46,11 @@ def problems(path: Path) -> list[str]:
             text += json.dumps(output.get("data", {}).get("text/plain", ""))
             if match := LOCAL_PATH.search(text):
                 found.append(
-                    f"{path}: cell {index} shows the local path {match[0]!r}; print paths "
+                    f"{path}: {label} shows the local path {match[0]!r}; print paths "
                     "relative to the repository (or nothing)"
                 )
+            elif len(HOST) >= 6 and HOST in text:  # a short name would match ordinary words
+                found.append(f"{path}: {label} shows this machine's host name {HOST!r}")
     return found
 
 
