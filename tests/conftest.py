@@ -1,15 +1,21 @@
-"""Shared test helpers: the repository root and throwaway copies of a small fixture site."""
+"""Shared test helpers: the repository root, throwaway copies of a small fixture site and ways to
+break them, and a scan of built files for traces of this machine."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
+
+from vrn_site.ledger import LedgerError, load_site
 
 ROOT = Path(__file__).resolve().parent.parent
 collect_ignore = ["fixtures"]
@@ -85,3 +91,51 @@ def nbval(site: Path, mode: str = "--nbval") -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
+
+
+NOTE = "docs/notes/demo.md"
+NOTEBOOK = "notebooks/demo/demo.ipynb"
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"fixture changed: {old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def edit_notebook(site: Path, change) -> None:
+    nb = nbformat.read(site / NOTEBOOK, as_version=4)
+    change(nb)
+    nbformat.write(nb, site / NOTEBOOK)
+
+
+def ledger_problems(site: Path) -> str:
+    with pytest.raises(LedgerError) as err:
+        load_site(site)
+    return str(err.value)
+
+
+def assert_build_fails(site: Path, *fragments: str) -> None:
+    result = mkdocs_build(site)
+    assert result.returncode != 0, "the strict build passed on broken input"
+    for fragment in fragments:
+        assert fragment in result.stderr, (
+            f"{fragment!r} not in the build's error:\n{result.stderr[-3000:]}"
+        )
+
+
+def machine_traces(site: Path, source: Path) -> list[str]:
+    """Absolute paths of this checkout, of the site's source and of this user's home, and the host
+    name, in any file of the built ``site``."""
+    traces = {str(ROOT), str(source.resolve()), str(Path.home()) + "/"}
+    host = socket.gethostname()
+    if len(host) >= 6:  # a short host name would match ordinary words
+        traces.add(host)
+    user = getpass.getuser()
+    traces |= {f"/home/{user}/", f"/Users/{user}/"}
+    found = []
+    for path in site.rglob("*"):
+        if path.is_file() and path.suffix in {".html", ".json", ".ipynb", ".js", ".xml", ".txt"}:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            found += [f"{path.relative_to(site)}: {t}" for t in traces if t in text]
+    return found

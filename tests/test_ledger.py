@@ -6,45 +6,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT, mkdocs_build, nbval
+from conftest import (
+    NOTE,
+    NOTEBOOK,
+    ROOT,
+    assert_build_fails,
+    edit,
+    edit_notebook,
+    ledger_problems,
+    mkdocs_build,
+    nbval,
+)
 
-from vrn_site.ledger import LedgerError, load_site
+from vrn_site.ledger import load_site
 from vrn_site.values import REFERENCE, fill
-
-NOTE = "docs/notes/demo.md"
-NOTEBOOK = "notebooks/demo/demo.ipynb"
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, f"fixture changed: {old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1))
-
-
-def edit_notebook(site: Path, change) -> None:
-    nb = nbformat.read(site / NOTEBOOK, as_version=4)
-    change(nb)
-    nbformat.write(nb, site / NOTEBOOK)
-
-
-def ledger_problems(site: Path) -> str:
-    with pytest.raises(LedgerError) as err:
-        load_site(site)
-    return str(err.value)
-
-
-def assert_build_fails(site: Path, *fragments: str) -> None:
-    result = mkdocs_build(site)
-    assert result.returncode != 0, "the strict build passed on broken input"
-    for fragment in fragments:
-        assert fragment in result.stderr, (
-            f"{fragment!r} not in the build's error:\n{result.stderr[-3000:]}"
-        )
-
 
 # --- the fixture itself is sound ----------------------------------------------------------------
 

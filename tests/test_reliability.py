@@ -4,18 +4,25 @@ case here, on a copy of the one-note fixture site (tests/fixtures/mini)."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT, mkdocs_build, nbval
-from test_ledger import NOTE, NOTEBOOK, edit, edit_notebook, ledger_problems
+from conftest import (
+    NOTE,
+    NOTEBOOK,
+    ROOT,
+    edit,
+    edit_notebook,
+    ledger_problems,
+    machine_traces,
+    mkdocs_build,
+    nbval,
+)
 
 from vrn_site import record
 from vrn_site.ledger import load_site
@@ -199,23 +206,6 @@ def test_balance_puts_each_key_in_one_group_heaviest_first():
 
 
 # --- the built site leaks nothing of this machine ------------------------------------------------
-
-
-def machine_traces(site: Path, source: Path) -> list[str]:
-    """Absolute paths of this checkout, of the site's source and of this user's home, and the host
-    name, in any file of the built ``site``."""
-    traces = {str(ROOT), str(source.resolve()), str(Path.home()) + "/"}
-    host = socket.gethostname()
-    if len(host) >= 6:  # a short host name would match ordinary words
-        traces.add(host)
-    user = getpass.getuser()
-    traces |= {f"/home/{user}/", f"/Users/{user}/"}
-    found = []
-    for path in site.rglob("*"):
-        if path.is_file() and path.suffix in {".html", ".json", ".ipynb", ".js", ".xml", ".txt"}:
-            text = path.read_text(encoding="utf-8", errors="replace")
-            found += [f"{path.relative_to(site)}: {t}" for t in traces if t in text]
-    return found
 
 
 def test_the_built_site_leaks_no_path_host_or_user(mini_site):

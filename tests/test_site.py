@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import ROOT, mkdocs_build
+from conftest import ROOT, machine_traces, mkdocs_build
 
 from vrn_site.ledger import load_site
 
@@ -423,3 +423,9 @@ def test_claims_json_publishes_the_whole_ledger(built_site):
         assert entry["verdict"] and entry["finding"] and entry["seed"]
         assert entry["checks"] or entry["verdict"] == "unverifiable here", entry["id"]
     assert sum(published["verdict_counts"].values()) == len(claims)
+
+
+def test_the_built_site_leaks_nothing_of_this_machine(built_site):
+    """No absolute path of this checkout or home, and no host name, in any built page, notebook
+    copy, claims.json or search index (a stored traceback would carry such paths)."""
+    assert machine_traces(built_site, ROOT) == []
