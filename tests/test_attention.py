@@ -104,6 +104,18 @@ def test_sdpa_matches_torch_with_boolean_masks(dv: int) -> None:
         assert weights.shape == (2, 3, 4, 6)
 
 
+@pytest.mark.parametrize("lead", [(), (3,), (2, 3, 2)], ids=["2d", "3d", "5d"])
+def test_sdpa_takes_any_number_of_leading_dims(lead: tuple[int, ...]) -> None:
+    """q (..., Lq, d): batch and head axes are optional, and there may be more of them."""
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(*lead, n, 8, generator=g) for n in (4, 6, 6))
+    mask = torch.rand(*lead, 4, 6, generator=g) < 0.5
+    mask[..., 0] = True
+    out, weights = scaled_dot_product_attention(q, k, v, mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), **TOL)
+    assert weights.shape == (*lead, 4, 6)
+
+
 def test_causal_mask_equals_is_causal() -> None:
     torch.manual_seed(3)
     q, k, v = (torch.randn(2, 4, 9, 8) for _ in range(3))
@@ -139,6 +151,29 @@ def test_cached_decoding_equals_full_causal_attention() -> None:
     steps = [mha(x[:, t : t + 1], cache=cache) for t in range(7)]  # each (B, 1, d_model)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, **TOL)
     assert len(cache) == 7
+
+
+def test_kv_cache_writes_in_place_and_doubles_when_full() -> None:
+    """The cache's buffers grow only when a step does not fit, then to twice the length needed:
+    over L one-token steps they are copied O(log L) times, and a step that fits copies nothing
+    (the returned keys and values stay views of the same storage)."""
+    B, H, hd, dv = 2, 3, 4, 5  # values of another width than keys
+    g = torch.Generator().manual_seed(7)
+    keys, values = torch.randn(B, H, 40, hd, generator=g), torch.randn(B, H, 40, dv, generator=g)
+    cache, capacity, storage, copies = KVCache(), 0, None, 0
+    for t in range(40):
+        k, v = cache.append(keys[:, :, t : t + 1], values[:, :, t : t + 1])
+        length = t + 1
+        if length > capacity:  # full: a new buffer for twice the length
+            capacity, copies = 2 * length, copies + 1
+        else:  # room left: written in place
+            assert k.untyped_storage().data_ptr() == storage
+        storage = k.untyped_storage().data_ptr()
+        assert k.untyped_storage().nbytes() == B * H * capacity * hd * k.element_size()
+        assert v.untyped_storage().nbytes() == B * H * capacity * dv * v.element_size()
+        assert torch.equal(k, keys[:, :, :length]) and torch.equal(v, values[:, :, :length])
+    assert copies == 5  # allocated at lengths 1, 3, 7, 15 and 31
+    assert len(cache) == 40
 
 
 def test_kv_cache_bytes_matches_a_real_cache() -> None:

@@ -18,7 +18,7 @@ from snippets.beam_search import (
     length_divisor,
 )
 from snippets.decoding import generate
-from snippets.gpt import GPT
+from snippets.gpt import GPT, GPTConfig
 
 transformers = pytest.importorskip("transformers", reason="the cross-checks need transformers")
 import reference_models  # noqa: E402
@@ -366,3 +366,51 @@ def test_a_wider_beam_can_return_a_less_probable_hypothesis_than_greedy() -> Non
     assert greedy_logp == pytest.approx(torch.tensor([0.5 * 0.2 * 0.99]).log().item(), rel=1e-6)
     best, best_logp = beam_search(model, [7], 2, 6, eos, length_penalty=0.0)[0]
     assert best[1] == B and best_logp < greedy_logp
+
+
+# --- the penalties, the defaults and the scorer's contract -----------------------------------
+
+
+def test_gnmt_length_penalty_is_wu_et_al_section_7() -> None:
+    """lp(Y) = (5 + |Y|)^alpha / (5 + 1)^alpha, written out here: 1 for a one-token hypothesis,
+    growing with the length for alpha > 0."""
+    for alpha in (0.0, 0.6, 1.0, 2.0):
+        lp = gnmt_length_penalty(alpha)
+        assert lp(1) == pytest.approx(1.0, rel=1e-12)
+        for length in (2, 7, 30):
+            assert lp(length) == pytest.approx(((5 + length) / 6) ** alpha, rel=1e-12)
+    assert gnmt_length_penalty(0.6)(10) == pytest.approx(2.5**0.6, rel=1e-12)  # (15 / 6)^0.6
+
+
+def test_default_length_penalty_is_transformers_one() -> None:
+    """transformers' default length_penalty is 1.0 (mean log-probability per token), and so is
+    ours; on this model the choice shows in the scores (0.0 gives other ones)."""
+    model = tree_model(3, 4, 2.0)
+    default = beam_search(model, [4], 3, 4, 0)
+    assert default == beam_search(model, [4], 3, 4, 0, length_penalty=1.0)
+    assert [s for _, s in default] != [s for _, s in beam_search(model, [4], 3, 4, 0, 0.0)]
+
+
+def test_the_scorer_always_receives_long_ids() -> None:
+    """Token ids reach ``next_log_probs`` as int64, as torch models expect, whether the prompt
+    is a list or a tensor of another integer type (a tokenizer may give int32)."""
+    seen = []
+
+    def uniform(ids: torch.Tensor) -> torch.Tensor:
+        seen.append(ids.dtype)
+        return torch.zeros(len(ids), 3).log_softmax(dim=-1)  # (B, 3)
+
+    for prompt in ([2, 1], torch.tensor([2, 1], dtype=torch.int32)):
+        beam_search(uniform, prompt, 2, 3, 0)
+    assert seen and set(seen) == {torch.long}
+
+
+def test_cache_reuse_with_a_one_layer_model() -> None:
+    """GPTNextLogProbs reads how many positions its cache holds from the first layer's cache,
+    which a one-layer model also has: cached and uncached search agree there too."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=V, block_size=32, n_layers=1, n_heads=2, d_model=16)).eval()
+    prompt = random_prompt(0)[0]
+    cached = beam_search(GPTNextLogProbs(model), prompt, 3, MAX_NEW, EOS)
+    uncached = beam_search(GPTNextLogProbs(model, use_cache=False), prompt, 3, MAX_NEW, EOS)
+    assert_same_hypotheses(cached, uncached)

@@ -10,12 +10,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from snippets.bert import (
+    BertClassifier,
     BertConfig,
     BertForPreTraining,
     BertLayer,
     BertModel,
     build_inputs,
     count_parameters,
+    init_bert_weights,
     mask_tokens,
     pretraining_loss,
     wordpiece,
@@ -284,6 +286,122 @@ def test_build_inputs_matches_the_tokenizer(tokenizer):
 
 def test_wordpiece_matches_the_tokenizer(tokenizer):
     words = "unbelievable tokenization bidirectional embeddings the transformer xylophonist qqqzx"
+    # The longest word the tokenizer splits (100 characters), one too long, and unknown characters.
+    words += f" {'ab' * 50} {'ab' * 50}c x\u2603y \u2603"
     vocab = tokenizer.get_vocab()
     for word in words.split():
         assert wordpiece(word, vocab) == tokenizer.tokenize(word)
+
+
+def test_config_defaults_are_bert_base_and_large():
+    """BertConfig() is BERT-base as transformers' BertConfig() is (the released model's
+    hyperparameters); large() is the paper's BERT-large: L=24, H=1024, A=16, 4H feed-forward."""
+    ours, theirs = BertConfig(), transformers.BertConfig()
+    assert (ours.vocab_size, ours.d_model, ours.n_layers, ours.n_heads, ours.d_ff) == (
+        theirs.vocab_size,
+        theirs.hidden_size,
+        theirs.num_hidden_layers,
+        theirs.num_attention_heads,
+        theirs.intermediate_size,
+    )
+    assert (ours.max_position, ours.type_vocab_size) == (
+        theirs.max_position_embeddings,
+        theirs.type_vocab_size,
+    )
+    assert ours.dropout == theirs.hidden_dropout_prob == theirs.attention_probs_dropout_prob
+    assert ours.layer_norm_eps == theirs.layer_norm_eps == 1e-12
+    assert BertConfig.base() == ours
+    large = BertConfig.large()
+    assert (large.n_layers, large.d_model, large.n_heads, large.d_ff) == (24, 1024, 16, 4 * 1024)
+    assert (large.vocab_size, large.max_position) == (ours.vocab_size, ours.max_position)
+
+
+def test_initialisation_is_the_released_codes():
+    """Every weight of every linear layer and embedding ~ N(0, 0.02), biases zero, LayerNorm at
+    identity, the pre-training heads included. Per tensor within five standard errors of the
+    sample mean and standard deviation; over all weights, the standard deviation within 2%."""
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(vocab_size=500, d_model=64, n_layers=2, n_heads=4))
+    weights = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            w = module.weight.detach().flatten()
+            n = w.numel()
+            assert abs(w.mean().item()) < 5 * 0.02 / n**0.5, name
+            assert abs(w.std().item() - 0.02) < 5 * 0.02 / (2 * n) ** 0.5, name
+            weights.append(w)
+        if isinstance(module, nn.Linear):
+            assert not module.bias.any(), name
+        if isinstance(module, nn.LayerNorm):
+            assert (module.weight == 1).all() and not module.bias.any(), name
+    assert abs(torch.cat(weights).std().item() - 0.02) < 0.0004
+    norm = nn.LayerNorm(8)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    init_bert_weights(norm)  # also resets a trained LayerNorm to identity
+    assert (norm.weight == 1).all() and not norm.bias.any()
+
+
+def test_every_layer_norm_uses_berts_eps():
+    """With LayerNorm gains of 0.01 the sums entering the layers' LayerNorms have a variance near
+    1e-4, where eps = 1e-12 (BERT's) and torch's default 1e-5 give outputs 5% apart: each of our
+    LayerNorms must still give what the matching one of transformers' gives."""
+    torch.manual_seed(0)
+    hf = transformers.BertModel(hf_config(TINY)).eval()
+    ours = BertModel(TINY).eval()
+    copy_bert(ours, hf)
+    outputs = {"ours": [], "hf": []}
+    for key, model in (("ours", ours), ("hf", hf)):
+        norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]  # in the same order
+        assert len(norms) == 1 + 2 * TINY.n_layers
+        for norm in norms:
+            with torch.no_grad():
+                norm.weight.fill_(0.01)
+            norm.register_forward_hook(lambda m, args, out, key=key: outputs[key].append(out))
+    ids, types, mask = padded_batch(torch.Generator().manual_seed(1), TINY.vocab_size, [9, 5, 7], 4)
+    with torch.no_grad():
+        ours(ids, types, mask)
+        hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    for mine, theirs in zip(outputs["ours"], outputs["hf"], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-7)
+
+
+def test_training_mode_dropout_matches_transformers():
+    """In training mode, with the same random draws, our classifier equals transformers'
+    BertForSequenceClassification (eager attention): dropout of the same rate in the same places
+    (embeddings, attention weights, both sub-layer outputs, the pooled output before the head;
+    0.1 everywhere, the paper's value, also BertClassifier's default)."""
+    cfg = BertConfig(
+        vocab_size=99, d_model=32, n_layers=2, n_heads=4, d_ff=37, max_position=64
+    )  # the default dropout
+    torch.manual_seed(0)
+    hf_cfg = hf_config(cfg)
+    hf_cfg.num_labels = 3
+    hf_cfg._attn_implementation = "eager"  # sdpa draws its dropout mask differently
+    hf = transformers.BertForSequenceClassification(hf_cfg).train()
+    ours = BertClassifier(BertModel(cfg), 3).train()
+    copy_bert(ours.bert, hf.bert)
+    with torch.no_grad():
+        copy_linear(ours.head, hf.classifier)
+    ids, types, mask = padded_batch(torch.Generator().manual_seed(1), cfg.vocab_size, [9, 5, 7], 4)
+    torch.manual_seed(5)
+    dropped = ours(ids, types, mask)
+    torch.manual_seed(5)
+    expected = hf(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
+    torch.testing.assert_close(dropped, expected, **TOL)
+    with torch.no_grad():
+        assert not torch.allclose(ours.eval()(ids, types, mask), dropped, **TOL)  # it did drop
+
+
+def test_inputs_and_positions_fill_exactly():
+    """A pair that fills max_length exactly fits, one token more does not; the model takes
+    exactly max_position tokens."""
+    batch = build_inputs([([5, 6, 7], [8])], cls_id=1, sep_id=2, pad_id=0, max_length=7)
+    assert batch.input_ids.tolist() == [[1, 5, 6, 7, 2, 8, 2]]
+    with pytest.raises(ValueError, match="max_length=6"):
+        build_inputs([([5, 6, 7], [8])], cls_id=1, sep_id=2, pad_id=0, max_length=6)
+    model = BertModel(TINY).eval()
+    with torch.no_grad():
+        assert model(torch.ones(1, 64, dtype=torch.long))[0].shape == (1, 64, TINY.d_model)
+        with pytest.raises(ValueError, match="64 learned positions"):
+            model(torch.ones(1, 65, dtype=torch.long))
