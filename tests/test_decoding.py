@@ -246,3 +246,45 @@ def test_rows_ending_at_different_steps_are_padded_with_eos_like_transformers() 
         assert torch.equal(got, expected)
         assert (got[0, 4 + 2 :] == eos).all() and (got[2, 4 + 1 :] == eos).all()
         assert torch.equal(got[1, 4:], free[1])  # the unfinished row is unaffected
+
+
+def test_filters_work_row_by_row_on_any_leading_dims() -> None:
+    """logits (..., V): a (2, 3, V) batch is filtered as its six rows are, one at a time."""
+    logits = torch.randn(2, 3, 17, generator=torch.Generator().manual_seed(4))
+    for filtered, one_row in (
+        (top_k_filter(logits, 4), lambda row: top_k_filter(row, 4)),
+        (top_p_filter(logits, 0.6), lambda row: top_p_filter(row, 0.6)),
+    ):
+        rows = torch.stack([one_row(row[None])[0] for row in logits.view(-1, 17)])
+        assert torch.equal(filtered, rows.view(2, 3, 17))
+        assert ((filtered > NEG_INF).sum(-1) < 17).all()  # every row lost tokens
+
+
+def test_generate_defaults_are_plain_sampling_with_the_cache() -> None:
+    """Without options generate samples from softmax(logits) (temperature 1, no filter), as
+    transformers' do_sample=True does, and feeds the model one new token per step."""
+    hf, ours = tiny_gpt2_pair(init_std=0.5)  # peaked: another temperature draws other tokens
+    prompt = torch.randint(1, 61, (2, 3), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(123)
+    expected = hf.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=15,
+        do_sample=True,
+        top_k=0,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    fed = []  # the shape of the ids the model reads at each step
+    hook = ours.wte.register_forward_hook(lambda mod, args, out: fed.append(tuple(args[0].shape)))
+    torch.manual_seed(123)
+    got = generate(ours, prompt, 15)
+    hook.remove()
+    assert torch.equal(got, expected)
+    assert fed == [(2, 3)] + [(2, 1)] * 14
+    logits = torch.randn(1000, 4, generator=torch.Generator().manual_seed(0)) * 3
+    default, plain, hotter = (
+        sample_next(logits, *temperature, generator=torch.Generator().manual_seed(1))
+        for temperature in ((), (1.0,), (1.5,))
+    )
+    assert torch.equal(default, plain) and not torch.equal(default, hotter)

@@ -230,3 +230,33 @@ def test_matches_trl_sigmoid_dpo_loss(tmp_path, monkeypatch) -> None:
                 metrics["rewards/rejected"][-1], rejected_rewards[i].item(), **TOL
             )
     assert not torch.allclose(losses, torch.full_like(losses, math.log(2)))  # distinct models
+
+
+def test_pack_refuses_unpaired_prompts_and_responses() -> None:
+    with pytest.raises(ValueError):
+        pack([[1], [2]], [[3]], pad_id=0)
+
+
+def test_default_beta_is_zephyrs() -> None:
+    """Zephyr's dDPO uses beta = 0.1 (Tunstall et al., Section 4), the default of dpo_loss."""
+    g = torch.Generator().manual_seed(0)
+    logps = [torch.randn(5, generator=g) * 10 for _ in range(4)]
+    default = dpo_loss(*logps)
+    for got, expected in zip(default, dpo_loss(*logps, beta=0.1), strict=True):
+        assert torch.equal(got, expected)
+    assert not torch.allclose(default[0], dpo_loss(*logps, beta=0.15)[0])
+
+
+def test_binarize_draws_from_its_generator_only() -> None:
+    """Given a generator, the rejected response depends on it alone, not on the global RNG."""
+    responses, ratings = [[1], [2], [3], [4]], [[3], [5], [1], [4]]  # three lower than the best
+    picks = set()
+    for seed in range(6):
+        per_seed = set()
+        for global_seed in range(3):
+            torch.manual_seed(global_seed)
+            pair = binarize([0], responses, ratings, torch.Generator().manual_seed(seed))
+            per_seed.add(pair.rejected)
+        assert len(per_seed) == 1
+        picks |= per_seed
+    assert len(picks) > 1  # the generator's seed does choose among the lower ones

@@ -9,7 +9,7 @@ pytest.importorskip("transformers", reason="the cross-checks compare with transf
 from reference_models import tiny_gpt2_pair
 
 from snippets.attention import MultiHeadAttention
-from snippets.gpt import GPTConfig, from_gpt2_state_dict
+from snippets.gpt import GPT, GPTConfig, from_gpt2_state_dict
 
 # float32 on CPU: the two models sum the same products in different orders.
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -84,3 +84,84 @@ def test_gpt2_loader_rejects_grouped_heads() -> None:
     cfg = GPTConfig(vocab_size=61, block_size=32, n_layers=2, n_heads=4, n_kv_heads=2, d_model=48)
     with pytest.raises(ValueError, match="n_kv_heads"):
         from_gpt2_state_dict(hf.state_dict(), cfg)
+
+
+def test_config_defaults_are_gpt2_small() -> None:
+    """GPTConfig() is GPT-2 small, as transformers' GPT2Config() is: 124,439,808 parameters with
+    the output layer tied to the token embedding, the same count as GPT2LMHeadModel's."""
+    import transformers
+
+    ours, theirs = GPTConfig(), transformers.GPT2Config()
+    assert (ours.vocab_size, ours.block_size, ours.n_layers, ours.n_heads, ours.d_model) == (
+        theirs.vocab_size,
+        theirs.n_positions,
+        theirs.n_layer,
+        theirs.n_head,
+        theirs.n_embd,
+    )
+    with torch.device("meta"):  # shapes only
+        n_ours = sum(p.numel() for p in GPT(ours).parameters())
+        n_theirs = sum(p.numel() for p in transformers.GPT2LMHeadModel(theirs).parameters())
+    assert n_ours == n_theirs == 124_439_808
+
+
+def test_bias_false_removes_every_linear_bias() -> None:
+    cfg = GPTConfig(vocab_size=61, block_size=32, n_layers=2, n_heads=4, d_model=48, bias=False)
+    linears = [m for m in GPT(cfg).modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2 * 6 + 1  # q, k, v, o, fc, proj per block; the output layer
+    assert all(m.bias is None for m in linears)
+
+
+def test_initialisation_is_gpt2s() -> None:
+    """Weights of linear layers and embeddings ~ N(0, 0.02) (GPT-2's initializer_range), linear
+    biases zero: per tensor within five standard errors, over all within 2%."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=500, block_size=64, n_layers=2, n_heads=4, d_model=64))
+    weights = []
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            w = module.weight.detach().flatten()
+            n = w.numel()
+            assert abs(w.mean().item()) < 5 * 0.02 / n**0.5, name
+            assert abs(w.std().item() - 0.02) < 5 * 0.02 / (2 * n) ** 0.5, name
+            weights.append(w)
+        if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            assert not module.bias.any(), name
+    assert abs(torch.cat(weights).std().item() - 0.02) < 0.0004
+
+
+def test_training_mode_dropout_matches_transformers_gpt2() -> None:
+    """In training mode, with the same random draws, our GPT equals transformers' GPT-2 (eager
+    attention) with dropout p on the embeddings, the attention weights and both residual
+    branches."""
+    import transformers
+
+    p = 0.2
+    torch.manual_seed(0)
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=61, n_positions=32, n_embd=48, n_layer=2, n_head=4, resid_pdrop=p
+    )
+    hf_cfg.embd_pdrop = hf_cfg.attn_pdrop = p
+    hf_cfg._attn_implementation = "eager"  # sdpa draws its dropout mask differently
+    hf = transformers.GPT2LMHeadModel(hf_cfg).train()
+    cfg = GPTConfig(vocab_size=61, block_size=32, n_layers=2, n_heads=4, d_model=48, dropout=p)
+    ours = from_gpt2_state_dict(hf.state_dict(), cfg).train()
+    idx = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(5)
+    dropped = ours(idx)
+    torch.manual_seed(5)
+    torch.testing.assert_close(dropped, hf(idx).logits, **TOL)
+    with torch.no_grad():
+        assert not torch.allclose(ours.eval()(idx), dropped, **TOL)  # it did drop
+
+
+def test_cache_with_a_one_layer_model() -> None:
+    """The number of cached positions is read from the first layer's cache, which a one-layer
+    model also has."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=61, block_size=32, n_layers=1, n_heads=4, d_model=48)).eval()
+    idx = torch.randint(0, 61, (2, 8))
+    with torch.no_grad():
+        cache = model.new_cache()
+        steps = [model(idx[:, :5], cache)] + [model(idx[:, t : t + 1], cache) for t in range(5, 8)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), model(idx), **TOL)
