@@ -355,3 +355,53 @@ def test_convert_gpt_to_gqa() -> None:
     torch.testing.assert_close(convert_gpt_to_gqa(mha, 4)(ids), before, rtol=0, atol=0)
     with pytest.raises(ValueError):
         convert_gpt_to_gqa(mha, 3)
+
+
+def test_counts_are_ints_and_head_indices_index() -> None:
+    """Counts and head indices are exact integers, not floats that happen to be whole: they
+    index lists, and print without a decimal point."""
+    heads = list(range(4))
+    for i in range(8):
+        j = kv_head_of(i, 8, 4)
+        assert type(j) is int and heads[j] == i // 2
+    counts = (attention_params(64, 8, 2), decode_step_bytes(64, 8, 2, 11), LLAMA2["70B"].head_dim)
+    assert all(type(n) is int for n in counts)
+
+
+def test_defaults_are_mha_with_biases_and_one_sequence() -> None:
+    assert attention_params(64, 8) == sum(p.numel() for p in MultiHeadAttention(64, 8).parameters())
+    assert decode_step_bytes(64, 8, None, context_len=11) == decode_step_bytes(
+        64, 8, 8, context_len=11, batch_size=1
+    )
+
+
+def test_kv_sharing_returns_bools_and_leaves_the_layer_as_it_was() -> None:
+    """One position is enough (its attention weight is 1 whatever the keys: the values tell),
+    the result is boolean, and the probe's hooks are gone afterwards."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(32, 8, 2).eval()
+    reads = kv_sharing(attn, torch.randn(1, 1, 32))
+    assert reads.dtype == torch.bool
+    assert reads.tolist() == [[i // 4 == j for j in range(2)] for i in range(8)]
+    assert not attn.o_proj._forward_pre_hooks
+
+
+def test_conversion_keeps_the_dropout_rate() -> None:
+    """In training mode, with the same random draws, a conversion to all heads still computes
+    what the original does: dropout included."""
+    attn = MultiHeadAttention(64, 8, dropout=0.3).train()
+    same = mean_pool_kv_heads(attn, 8).train()
+    x = torch.randn(2, 5, 64)
+    torch.manual_seed(1)
+    expected = attn(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(same(x), expected, rtol=0, atol=0)
+
+
+def test_llama2_table_is_the_released_configs() -> None:
+    """num_hidden_layers, hidden_size, num_attention_heads and num_key_value_heads of the
+    config.json files of meta-llama/Llama-2-{7b,13b,70b}-hf."""
+    published = {"7B": (32, 4096, 32, 32), "13B": (40, 5120, 40, 40), "70B": (80, 8192, 64, 8)}
+    assert {s: (a.n_layers, a.d_model, a.n_heads, a.n_kv_heads) for s, a in LLAMA2.items()} == (
+        published
+    )
