@@ -172,3 +172,40 @@ def test_training_changes_only_lora_and_merge_keeps_outputs() -> None:
 def test_rank_must_be_positive() -> None:
     with pytest.raises(ValueError, match="rank"):
         LoRALinear(nn.Linear(4, 4), r=0, alpha=1.0)
+
+
+def test_initialised_as_peft_initialises() -> None:
+    """From the same random state, our A is peft's A bit for bit (Kaiming-uniform with a = sqrt(5),
+    drawn after both layers are built), and B is zero in both."""
+    torch.manual_seed(0)
+    base = nn.Linear(12, 7)
+    host = nn.Sequential()
+    host.add_module("proj", copy.deepcopy(base))
+    state = torch.get_rng_state()
+    config = peft.LoraConfig(r=3, lora_alpha=6.0, target_modules=["proj"])
+    theirs = peft.inject_adapter_in_model(config, host).proj
+    torch.set_rng_state(state)
+    ours = LoRALinear(base, r=3, alpha=6.0)
+    assert torch.equal(ours.lora_A.weight, theirs.lora_A["default"].weight)
+    assert torch.equal(ours.lora_B.weight, theirs.lora_B["default"].weight)
+    assert not ours.lora_B.weight.any()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_merge_keeps_dtype_and_bias_and_returns_the_model(bias: bool) -> None:
+    """A float64 layer without a bias merges into a float64 nn.Linear without a bias; merge_lora
+    replaces the wrapped layers in place and returns the model it was given."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(16, 10, bias=bias).double())
+    add_lora(model, ["0"], r=4, alpha=8.0)
+    with torch.no_grad():
+        model[0].lora_B.weight.normal_()
+    x = torch.randn(3, 16, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x)
+    assert merge_lora(model) is model
+    merged = model[0]
+    assert type(merged) is nn.Linear and merged.weight.dtype == torch.float64
+    assert (merged.bias is not None) == bias
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-12, atol=1e-12)
