@@ -163,7 +163,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    rounds=9,
+    rounds=15,
     kv_new_tokens=256,
     greedy_new_tokens=96,
     beam_new_tokens=32,
