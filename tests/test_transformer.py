@@ -252,3 +252,85 @@ def test_greedy_decode_agrees_with_teacher_forcing() -> None:
     tgt = torch.cat([torch.full((3, 1), 12), out[:, :-1]], dim=1)  # BOS + all but the last
     with torch.no_grad():
         assert torch.equal(model(src, tgt).argmax(-1), out)
+
+
+def test_configs_are_table_3_rows() -> None:
+    """Base: N=6, d_model=512, d_ff=2048, h=8, P_drop=0.1; big: d_model=1024, d_ff=4096, h=16,
+    P_drop=0.3 (Table 3); one shared vocabulary of about 37000 BPE tokens (Section 5.1, EN-DE);
+    positions for inputs of up to 512 tokens."""
+    rows = {
+        "base": (BASE, (6, 512, 2048, 8, 0.1)),
+        "big": (BIG, (6, 1024, 4096, 16, 0.3)),
+    }
+    for name, (cfg, row) in rows.items():
+        assert (cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.dropout) == row, name
+        assert (cfg.vocab_size, cfg.max_len, cfg.share_embeddings) == (37000, 512, True), name
+
+
+def test_whole_model_matches_torch_stacks_without_final_norms() -> None:
+    """encode and decode against torch's TransformerEncoder and TransformerDecoder with norm=None
+    (each post-LN layer ends in its own LayerNorm) fed the same embeddings; every decoder layer's
+    cross-attention weights are returned, zero on padded source positions."""
+    torch.manual_seed(7)
+    model = Transformer(TINY).eval()
+    layer_kw = torch_layer_kwargs(TINY)
+    enc = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(**layer_kw), TINY.n_layers, norm=None, enable_nested_tensor=False
+    ).eval()
+    dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer_kw), TINY.n_layers).eval()
+    with torch.no_grad():
+        for ref, own in zip(enc.layers, model.encoder, strict=True):
+            copy_mha(ref.self_attn, own.self_attn)
+            copy_ffn_and_norms(ref, own, n_norms=2)
+        for ref, own in zip(dec.layers, model.decoder, strict=True):
+            copy_mha(ref.self_attn, own.self_attn)
+            copy_mha(ref.multihead_attn, own.cross_attn)
+            copy_ffn_and_norms(ref, own, n_norms=3)
+    src, tgt = torch.randint(0, 13, (2, 7)), torch.randint(0, 13, (2, 5))
+    keep = torch.arange(7)[None, :] < torch.tensor([7, 4])[:, None]  # (B, Ls) real tokens
+    future = nn.Transformer.generate_square_subsequent_mask(5, dtype=torch.bool)  # True = blocked
+    with torch.no_grad():
+        memory = model.encode(src, keep)
+        expected = enc(model.embed(src, model.src_embed), src_key_padding_mask=~keep)
+        torch.testing.assert_close(memory[keep], expected[keep], **TOL)
+        logits, weights = model.decode(tgt, memory, keep, need_weights=True)
+        hidden = dec(
+            model.embed(tgt, model.tgt_embed),
+            memory,
+            tgt_mask=future,
+            memory_key_padding_mask=~keep,
+        )
+        torch.testing.assert_close(logits, model.out_proj(hidden), **TOL)
+    assert len(weights) == TINY.n_layers
+    assert all(w.shape == (2, TINY.n_heads, 5, 7) and (w[1, ..., 4:] == 0).all() for w in weights)
+
+
+def test_greedy_decode_reads_the_last_position() -> None:
+    """With untied embeddings this tiny model's greedy output changes from step to step (tied, it
+    repeats one token), so the teacher-forcing check shows which position each step reads."""
+    torch.manual_seed(3)
+    model = Transformer(replace(TINY, share_embeddings=False)).eval()
+    src = torch.randint(0, 12, (3, 5))
+    out = greedy_decode(model, src, bos_id=12, n_tokens=8)  # (B, 8)
+    assert (out[:, 1:] != out[:, :-1]).any()  # the premise: not one token repeated
+    tgt = torch.cat([torch.full((3, 1), 12), out[:, :-1]], dim=1)
+    with torch.no_grad():
+        assert torch.equal(model(src, tgt).argmax(-1), out)
+
+
+def test_embedding_init_and_the_positional_table() -> None:
+    """Embeddings ~ N(0, 1/d_model), so that after the sqrt(d_model) scaling each feature has
+    variance 1; the positional table is a fixed buffer, not part of the state dict; exactly
+    max_len tokens fit; a decoder layer returns only its output unless asked for weights."""
+    torch.manual_seed(0)
+    cfg = replace(TINY, vocab_size=500, d_model=64, share_embeddings=False, max_len=8)
+    model = Transformer(cfg)
+    for table in (model.src_embed, model.tgt_embed):
+        assert abs(table.weight.std().item() - 64**-0.5) < 0.003
+    assert "pe" not in model.state_dict() and model.pe.shape == (8, 64)
+    assert model.embed(torch.zeros(1, 8, dtype=torch.long), model.src_embed).shape == (1, 8, 64)
+    with pytest.raises(ValueError, match="exceeds max_len=8"):
+        model.embed(torch.zeros(1, 9, dtype=torch.long), model.src_embed)
+    layer = DecoderLayer(TINY).eval()
+    out = layer(torch.randn(2, 3, TINY.d_model), torch.randn(2, 4, TINY.d_model))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, TINY.d_model)
