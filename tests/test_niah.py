@@ -3,16 +3,19 @@ the tiny retrieval task."""
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import matplotlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snippets.gpt import GPTConfig
+from snippets import niah
+from snippets.gpt import GPT, GPTConfig
 from snippets.niah import (
     NOISE_FILLER,
     NUMBER_FILLER,
@@ -262,3 +265,147 @@ def test_train_and_answer_with_padding() -> None:
     together = answer(prompts)  # padded batches of mixed lengths
     assert together == [answer([p])[0] for p in prompts]  # right padding changes nothing
     assert all(w in tok.stoi for w in together)
+
+
+def test_make_context_alone_and_ties() -> None:
+    """A needle that alone reaches the length is the whole context, at offset 0, at any depth.
+    A target halfway between two sentence boundaries goes to the earlier one."""
+    for depth in (0.0, 0.5, 1.0):
+        assert make_context(NEEDLE, ["one."], 5, depth) == (NEEDLE, 0)
+    # Boundaries at 0, 5, 10, 15 and 20 characters; depth 0.25 of 30 is 7.5, halfway to 10.
+    context, offset = make_context(NEEDLE, ["aaaa"], 30, 0.25)
+    assert (context, offset) == (f"aaaa {NEEDLE} aaaa aaaa aaaa", 5)
+
+
+def test_plot_heatmap_scale_labels_and_values() -> None:
+    """The colour scale is fixed to [0, 1], so heatmaps compare; each cell prints its score; the
+    title and the colour bar say what they show."""
+    result = run_grid(lambda p: oracle(p) if "owl" in p else "0", NEEDLES, NOISE_FILLER,
+                      [20, 40], [0.0, 1.0], count=word_count, template="{context} {question}")  # fmt: skip
+    ax = plot_heatmap(result, title="A grid")
+    assert ax.images[0].get_clim() == (0.0, 1.0)
+    assert [t.get_text() for t in ax.texts] == ["0.33"] * 4
+    assert ax.get_title() == "A grid"
+    assert ax.figure.axes[1].get_ylabel() == "mean score (recall)"
+    matplotlib.pyplot.close(ax.figure)
+
+
+def test_result_scores_are_floats_and_its_repr_is_short() -> None:
+    result = run_grid(oracle, NEEDLES, NOISE_FILLER, [20], [0.5],
+                      template="{context} {question}", score=lambda a, e: int(a == e))  # fmt: skip
+    assert result.scores.dtype == np.float64 and result.scores.sum() == 3
+    assert "answers" not in repr(result)  # the answers are many: left out of the repr
+
+
+def test_distractors_go_anywhere_including_the_end() -> None:
+    task = RetrievalTask(filler=NOISE_FILLER[:3], n_distractors=1)
+    gen = torch.Generator().manual_seed(0)
+    needle = task.needles(1, gen)[0]
+    places = set()
+    for _ in range(200):
+        hay = task.haystack(needle, gen)
+        places.add(next(i for i, s in enumerate(hay) if s.startswith("the code of")))
+    assert places == {0, 1, 2, 3}  # before each of the 3 sentences, or after the last
+
+
+def test_task_draws_from_its_generator_only() -> None:
+    """Needles, haystacks, lengths and batches depend on the generator, not the global RNG."""
+    task, biased = RetrievalTask(), RetrievalTask(long_bias=True)
+    tok = task.tokenizer()
+    runs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        gen = torch.Generator().manual_seed(7)
+        needles = task.needles(3, gen)
+        hay = task.haystack(needles[0], gen)
+        lengths = [task.sample_length(gen), biased.sample_length(gen)]
+        ids, last, answer = retrieval_batch(task, tok, 4, gen)
+        runs.append((needles, hay, lengths, ids.tolist(), last.tolist(), answer.tolist()))
+    assert runs[0] == runs[1]
+
+
+def test_training_contexts_are_counted_in_words() -> None:
+    """Each training prompt's context holds at least min_length words (not characters)."""
+    task = RetrievalTask()
+    tok = task.tokenizer()
+    question_words = len(task.question_template.split())
+    _, last, _ = retrieval_batch(task, tok, 64, torch.Generator().manual_seed(0))
+    assert (last + 1 - question_words >= task.min_length).all()
+
+
+def test_task_defaults() -> None:
+    """16 animal keys and the 32 codes 10..41; contexts of 8 to 64 words, uniform; two
+    distractors."""
+    task = RetrievalTask()
+    assert len(set(task.keys)) == 16 and task.values == tuple(str(v) for v in range(10, 42))
+    gen = torch.Generator().manual_seed(0)
+    lengths = [task.sample_length(gen) for _ in range(3000)]
+    assert (min(lengths), max(lengths)) == (8, 64) and task.n_distractors == 2
+    assert abs(np.mean(lengths) - 36) < 1.2  # uniform on 8..64: mean 36, standard error 0.3
+
+
+def test_default_model_is_the_documented_one() -> None:
+    """A 2-layer GPT with d_model 64, 4 heads and 256 learned positions over the task's words."""
+    model, tok, losses = train_retrieval_model(RetrievalTask(), steps=0)
+    assert losses == [] and not model.training
+    assert model.cfg == GPTConfig(
+        vocab_size=len(tok), block_size=256, n_layers=2, n_heads=4, d_model=64
+    )
+
+
+def test_training_steps_are_adamw_without_weight_decay_on_the_answer_word() -> None:
+    """Two steps of train_retrieval_model equal two steps written out here: cross-entropy of the
+    word after each prompt, AdamW at the given learning rate and no weight decay. Positions past
+    the training contexts get no gradient and stay exactly as initialised."""
+    task = RetrievalTask(train_length=24)
+    cfg = GPTConfig(
+        vocab_size=len(task.tokenizer()), block_size=64, n_layers=1, n_heads=2, d_model=16
+    )
+    torch.manual_seed(0)
+    model, tok, losses = train_retrieval_model(
+        task, cfg, steps=2, batch_size=4, lr=1e-2, gen=torch.Generator().manual_seed(1)
+    )
+    torch.manual_seed(0)
+    ref = GPT(cfg)
+    initial_positions = ref.wpe.weight.detach().clone()
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.0)
+    gen, ref_losses = torch.Generator().manual_seed(1), []
+    for _ in range(2):
+        ids, last, answer = retrieval_batch(task, tok, 4, gen)
+        loss = F.cross_entropy(ref(ids)[torch.arange(4), last], answer)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ref_losses.append(loss.item())
+    assert losses == ref_losses
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert torch.equal(model.wpe.weight[48:], initial_positions[48:])  # beyond any prompt here
+
+
+def test_training_stops_at_the_first_step_whose_last_20_losses_average_below_target() -> None:
+    task = RetrievalTask(train_length=24)
+    cfg = GPTConfig(
+        vocab_size=len(task.tokenizer()), block_size=64, n_layers=1, n_heads=2, d_model=16
+    )
+
+    def train(**kw) -> list[float]:
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(1)
+        return train_retrieval_model(task, cfg, batch_size=4, lr=1e-2, gen=gen, **kw)[2]
+
+    free = train(steps=60)
+    means = {k: np.mean(free[k - 20 : k]) for k in range(20, 61)}
+    # A target first reached by the 20-step mean at step k > 20 (which a 21-step mean misses).
+    k = next(k for k in range(21, 61) if means[k] < min(means[j] for j in range(20, k)))
+    assert train(steps=60, target_loss=means[k] + 1e-9) == free[:k]
+    # "Below" is strict: a mean equal to the target does not stop it.
+    later = next((j for j in range(k + 1, 61) if means[j] < means[k]), 60)
+    assert train(steps=60, target_loss=means[k]) == free[:later]
+
+
+def test_training_defaults_are_the_documented_api() -> None:
+    """The module docstring's public API: steps=400, batch_size=32, lr=3e-3."""
+    params = inspect.signature(train_retrieval_model).parameters
+    assert [params[n].default for n in ("steps", "batch_size", "lr")] == [400, 32, 3e-3]
+    assert "steps=400, batch_size=32, lr=3e-3" in " ".join(niah.__doc__.split())

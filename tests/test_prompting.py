@@ -250,6 +250,13 @@ def test_mean_pool_ignores_padding() -> None:
     torch.testing.assert_close(mean_pool(hidden, mask), torch.tensor([[2.0, 3.0]]))
 
 
+def test_mean_pool_averages_each_row_over_its_own_tokens() -> None:
+    hidden = torch.arange(12.0).view(2, 3, 2)  # (2, 3, 2)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    expected = torch.stack([hidden[0, :2].mean(0), hidden[1].mean(0)])  # (2, 2)
+    torch.testing.assert_close(mean_pool(hidden, mask), expected)
+
+
 SENTENCES = [
     "A man is playing a guitar.",
     "Someone plays the guitar.",
@@ -330,3 +337,37 @@ def test_paraphrases_are_far_closer_than_unrelated_sentences(embedder) -> None:
     assert paraphrase.min() - unrelated.max() > 0.4
     # Each sentence's nearest neighbour among the others' paraphrases is its own paraphrase.
     assert knn(a, b, 1).squeeze(1).tolist() == list(range(len(PARAPHRASES)))
+
+
+def test_long_texts_are_cut_at_256_tokens(embedder) -> None:
+    """all-MiniLM-L6-v2 reads at most 256 tokens (its sentence_bert_config.json): a text of 300
+    one-token words embeds as its first 254 words ([CLS] and [SEP] fill the rest)."""
+    assert len(embedder.tokenizer("word " * 254)["input_ids"]) == 256
+    long, cut, shorter = embedder.encode(["word " * 300, "word " * 254, "word " * 253])
+    torch.testing.assert_close(long, cut, rtol=0, atol=1e-6)
+    assert not torch.allclose(cut, shorter, rtol=0, atol=1e-6)  # one token more or less shows
+
+
+def test_knn_refuses_k_zero_and_maps_back_batched_shuffles() -> None:
+    keys = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="k=0"):
+        knn(keys[:2], keys, 0)
+    # map_back on (N, S) choices and (N, S, K) permutations: one lookup per (item, shuffle).
+    perm = random_permutations(4, 3, 5, torch.Generator().manual_seed(1))  # (4, 3, 5)
+    chosen = torch.randint(0, 5, (4, 3), generator=torch.Generator().manual_seed(2))
+    expected = torch.tensor([[perm[i, s, chosen[i, s]] for s in range(3)] for i in range(4)])
+    assert torch.equal(map_back(chosen, perm), expected)
+
+
+def test_default_batch_feeds_the_default_reader_and_draws_from_its_generator() -> None:
+    """multiple_choice_batch's and ReaderConfig's defaults fit together (16-dimensional vectors,
+    four options); given a generator, the batch depends on it alone, not on the global RNG."""
+    batches = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        batches.append(multiple_choice_batch(8, [0.25] * 4, generator=torch.Generator()))
+    for a, b in zip(*batches, strict=True):
+        assert torch.equal(a, b)
+    q, options, answers = batches[0]
+    assert q.shape == (8, 16) and options.shape == (8, 4, 16)
+    assert ChoiceReader(ReaderConfig())(q, options).shape == (8, 4)

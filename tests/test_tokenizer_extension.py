@@ -218,3 +218,51 @@ def test_alternating_text_switches_language_every_sentence(n: int) -> None:
 def test_alternating_text_needs_one_translation_per_sentence() -> None:
     with pytest.raises(ValueError, match="translations"):
         alternating_text(["a.", "b."], ["क।"])
+
+
+@given(st.lists(texts, min_size=1, max_size=5))
+def test_tokens_per_char_is_total_tokens_over_total_characters(batch: list[str]) -> None:
+    n_chars, n_words = sum(map(len, batch)), sum(len(t.split()) for t in batch)
+    assert tokens_per_char(list, batch) == 1.0
+    assert tokens_per_char(str.split, batch) == pytest.approx(n_words / n_chars)
+
+
+def test_word_frequency_counts_are_per_million_by_default() -> None:
+    """Each line is ``word<TAB>count`` with count = frequency x scale (10**6 by default)."""
+    import wordfreq
+
+    frequencies = wordfreq.get_frequency_dict("en")
+    for scale in (None, 10**6, 1000):
+        kw = {} if scale is None else {"scale": scale}
+        for line in word_frequency_lines("en", 5, r"[a-z]+", **kw):
+            word, count = line.split("\t")
+            assert int(count) == max(1, round(frequencies[word] * (scale or 10**6)))
+
+
+def test_merged_model_records_its_size(models: dict[str, bytes]) -> None:
+    merged = load_model_proto(models["merged"])
+    assert (
+        merged.trainer_spec.vocab_size
+        == len(merged.pieces)
+        > len(load_model_proto(models["base"]).pieces)
+    )
+
+
+def test_new_rows_are_mean_plus_std_times_the_generators_normal_draws() -> None:
+    """Per dimension: mean and standard deviation over the old rows (columns of different
+    scales here), times standard normal draws from the generator, in the table's dtype."""
+    old = torch.randn(300, 6, dtype=torch.float64) * torch.arange(1.0, 7.0, dtype=torch.float64)
+    torch.manual_seed(0)  # the global RNG plays no part
+    table = ExtendedEmbedding(old, 50, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(1)
+    again = ExtendedEmbedding(old, 50, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(50, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = old.mean(dim=0) + old.std(dim=0) * noise
+    assert table.new_rows.dtype == torch.float64
+    torch.testing.assert_close(table.new_rows.detach(), expected, rtol=0, atol=0)
+    assert torch.equal(table.new_rows, again.new_rows)
+
+
+def test_extend_vocabulary_returns_the_model_it_changed() -> None:
+    model = tiny_gpt()
+    assert extend_vocabulary(model, 3) is model and model.cfg.vocab_size == 43
