@@ -335,6 +335,8 @@ def test_initialisation_is_the_released_codes():
         if isinstance(module, nn.LayerNorm):
             assert (module.weight == 1).all() and not module.bias.any(), name
     assert abs(torch.cat(weights).std().item() - 0.02) < 0.0004
+    head = BertClassifier(BertModel(TINY), 500).head  # the fine-tuning layer is new: N(0, 0.02)
+    assert abs(head.weight.std().item() - 0.02) < 0.001 and not head.bias.any()
     norm = nn.LayerNorm(8)
     with torch.no_grad():
         norm.weight.normal_(), norm.bias.normal_()

@@ -91,6 +91,12 @@ def test_filters_renormalise_the_survivors() -> None:
         torch.testing.assert_close(filtered.softmax(-1), renormalised)
 
 
+def test_top_p_one_keeps_the_whole_distribution() -> None:
+    """p is in [0, 1], both ends included: p = 1 asks for all of the probability mass."""
+    logits = torch.randn(4, 30, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+
+
 def test_filter_argument_checks() -> None:
     with pytest.raises(ValueError):
         top_k_filter(torch.zeros(1, 3), 0)
