@@ -191,7 +191,8 @@ def run_grid(
     answers = list(model(prompts)) if batched else [model(p) for p in prompts]
     shape = (len(depths), len(lengths), len(needles))
     scores = [score(a, needles[i].answer) for a, (_, _, i) in zip(answers, cells, strict=True)]
-    nested = np.array(answers, dtype=object).reshape(shape).tolist()
+    answer = iter(answers)  # in the order of `cells`: depth, then length, then needle
+    nested = [[[next(answer) for _ in needles] for _ in lengths] for _ in depths]
     return NIAHResult(
         list(lengths),
         list(depths),

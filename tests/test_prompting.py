@@ -210,6 +210,22 @@ def test_multiple_choice_batch_places_answers_as_asked() -> None:
     assert correct.std().item() == pytest.approx(1.0, abs=0.02)  # unit variance, like a distractor
 
 
+def test_correct_option_is_signal_times_question_plus_scaled_noise() -> None:
+    """The construction in the docstring, draw by draw: question, distractors, answer positions,
+    noise; the correct option is 0.5 q + sqrt(1 - 0.5^2) noise with the default signal."""
+    q, options, answers = multiple_choice_batch(
+        5, [0.25] * 4, generator=torch.Generator().manual_seed(3)
+    )
+    gen = torch.Generator().manual_seed(3)
+    q_ref = torch.randn(5, 16, generator=gen)  # (5, 16)
+    options_ref = torch.randn(5, 4, 16, generator=gen)  # (5, 4, 16)
+    answers_ref = torch.multinomial(torch.tensor([0.25] * 4), 5, replacement=True, generator=gen)
+    noise = torch.randn(5, 16, generator=gen)  # (5, 16)
+    options_ref[torch.arange(5), answers_ref] = 0.5 * q_ref + 0.75**0.5 * noise
+    assert torch.equal(q, q_ref) and torch.equal(answers, answers_ref)
+    torch.testing.assert_close(options, options_ref, rtol=0, atol=1e-6)
+
+
 def test_reader_without_position_weights_is_permutation_equivariant() -> None:
     torch.manual_seed(0)
     reader = ChoiceReader(ReaderConfig(dim=8, n_options=4, hidden=16))
