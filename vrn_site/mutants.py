@@ -38,13 +38,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vrn_site import project_root
+
 # Before torch loads (in the baseline): every forked child computes on one thread, and a fork
 # never inherits a half-used OpenMP or tokenizers thread pool.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parent.parent
-EQUIVALENT_FILE = ROOT / "vrn_site" / "mutants_equivalent.toml"
+EQUIVALENT_FILE = Path(__file__).with_name("mutants_equivalent.toml")
 NOT_MUTATED = ("__init__.py", "runtime.py")  # runtime.py pins the notebooks' CPU: not paper code
 NOTEBOOK_TIMEOUT_FACTOR = 3  # a notebook runs for minutes: a hang shows well before 10x
 MEMORY_HEADROOM = 4 << 30  # bytes a unit-test child may map beyond the baseline's peak
@@ -307,7 +308,7 @@ def mutants_of(path: Path, root: Path) -> list[Mutant]:
 class Project:
     """Where the code under test, its tests and its notebooks live (the fixture tests use another)."""
 
-    root: Path = ROOT
+    root: Path = field(default_factory=project_root)
     package: str = "snippets"
     tests: str = "tests"
     notebooks: str | None = "notebooks"
@@ -467,8 +468,9 @@ class _ServeMutant(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 @dataclass
 class Job:
-    """One pytest run in a forked child: ``args`` for pytest, the mutated module (or none), extra
-    environment variables, a time limit; ``result`` is filled in when it ends."""
+    """One pytest run in a forked child: ``args`` for pytest, a time limit, the mutant whose
+    source the child imports (none: the unmutated code), extra environment variables, a memory
+    limit. ``outcome``, ``failed`` and ``seconds`` are filled in when it ends."""
 
     args: list[str]
     timeout: float
@@ -689,13 +691,13 @@ def mutate_module(
         args = [*chosen, "-x", *PYTEST_ARGS, *extra_args]
         unit_jobs.append(Job(args, min_timeout + factor * cost, m, memory_limit=memory_limit))
 
-    done = [0]
+    done, total = [0], [len(unit_jobs)]
 
     def progress(job: Job) -> None:
         done[0] += 1
         if job.outcome != "killed":
             log(
-                f"  [{done[0]}/{len(mutants)}] {job.outcome}: line {job.mutant.line} "
+                f"  [{done[0]}/{total[0]}] {job.outcome}: line {job.mutant.line} "
                 f"{job.mutant.operator}  {job.mutant.after}"
             )
 
@@ -729,6 +731,7 @@ def mutate_module(
                     )
                 )
             log(f"  {len(survivors)} survivors: running {len(notebooks)} notebooks on each")
+            done[0], total[0] = 0, len(nb_jobs)
             run_jobs(project, nb_jobs, jobs, progress)
         for job in nb_jobs:
             if job.outcome == "killed":
@@ -955,12 +958,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--equivalent", type=Path, default=EQUIVALENT_FILE)
     parser.add_argument("--min-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--timeout-factor", type=float, default=10.0)
-    parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--package", default="snippets", help=argparse.SUPPRESS)
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the children are ended too
-    root = args.root.resolve()
+    root = (args.root or project_root()).resolve()
     project = Project(root, args.package)
     modules = args.module or [p.relative_to(root).as_posix() for p in project.modules()]
     if args.list:
