@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tolerances import FLOAT32
 from torch import nn
 
 from snippets.attention import (
@@ -22,8 +23,6 @@ from snippets.attention import (
     scaled_dot_product_attention,
 )
 from snippets.gpt import GPT, GPTConfig
-
-TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def torch_mha_like(own: MultiHeadAttention, d_model: int, bias: bool) -> nn.MultiheadAttention:
@@ -78,8 +77,8 @@ def test_mha_matches_torch_multihead_attention(bias: bool, cross: bool, masking:
             need_weights=True,
             average_attn_weights=False,  # per-head weights (B, h, Lq, Lk)
         )
-    torch.testing.assert_close(out, ref_out, **TOL)
-    torch.testing.assert_close(weights, ref_weights, **TOL)
+    torch.testing.assert_close(out, ref_out, **FLOAT32)
+    torch.testing.assert_close(weights, ref_weights, **FLOAT32)
     assert weights.shape == (B, h, Lq, Lk)
 
 
@@ -100,7 +99,9 @@ def test_sdpa_matches_torch_with_boolean_masks(dv: int) -> None:
     mask[..., 0] = True
     for m in (None, mask):
         out, weights = scaled_dot_product_attention(q, k, v, m)
-        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=m), **TOL)
+        torch.testing.assert_close(
+            out, F.scaled_dot_product_attention(q, k, v, attn_mask=m), **FLOAT32
+        )
         assert weights.shape == (2, 3, 4, 6)
 
 
@@ -112,7 +113,9 @@ def test_sdpa_takes_any_number_of_leading_dims(lead: tuple[int, ...]) -> None:
     mask = torch.rand(*lead, 4, 6, generator=g) < 0.5
     mask[..., 0] = True
     out, weights = scaled_dot_product_attention(q, k, v, mask)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), **TOL)
+    torch.testing.assert_close(
+        out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), **FLOAT32
+    )
     assert weights.shape == (*lead, 4, 6)
 
 
@@ -120,7 +123,9 @@ def test_causal_mask_equals_is_causal() -> None:
     torch.manual_seed(3)
     q, k, v = (torch.randn(2, 4, 9, 8) for _ in range(3))
     out, _ = scaled_dot_product_attention(q, k, v, causal_mask(9))
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), **TOL)
+    torch.testing.assert_close(
+        out, F.scaled_dot_product_attention(q, k, v, is_causal=True), **FLOAT32
+    )
 
 
 def test_causal_mask_values() -> None:
@@ -138,7 +143,7 @@ def test_grouped_query_attention_matches_torch_enable_gqa(n_kv_heads: int) -> No
     k, v = torch.randn(2, n_kv_heads, 5, 16), torch.randn(2, n_kv_heads, 5, 16)
     out, _ = grouped_query_attention(q, k, v, causal_mask(5))
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(out, ref, **FLOAT32)
 
 
 def test_cached_decoding_equals_full_causal_attention() -> None:
@@ -149,7 +154,7 @@ def test_cached_decoding_equals_full_causal_attention() -> None:
     full = mha(x, mask=causal_mask(7))  # (B, L, d_model)
     cache = KVCache()
     steps = [mha(x[:, t : t + 1], cache=cache) for t in range(7)]  # each (B, 1, d_model)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, **TOL)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, **FLOAT32)
     assert len(cache) == 7
 
 
@@ -221,10 +226,12 @@ def attention_inputs(draw):
 def test_weights_are_a_distribution_over_allowed_keys(inputs) -> None:
     q, k, v, mask = inputs
     out, weights = scaled_dot_product_attention(q, k, v, mask)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]), **TOL)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]), **FLOAT32)
     assert (weights[~mask] == 0).all()  # masked keys get exactly zero weight
     assert (weights >= 0).all()
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), **TOL)
+    torch.testing.assert_close(
+        out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), **FLOAT32
+    )
 
 
 def test_dropout_acts_on_attention_weights_like_torch() -> None:

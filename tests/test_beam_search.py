@@ -22,11 +22,11 @@ from snippets.gpt import GPT, GPTConfig
 
 transformers = pytest.importorskip("transformers", reason="the cross-checks need transformers")
 import reference_models  # noqa: E402
+from tolerances import FLOAT32
 
 V, EOS, PROMPT_LEN, MAX_NEW = 61, 5, 4, 10
 # Float32 scores: ours and transformers' sum the same log-probabilities in the same order, but our
 # GPT and GPT-2 compute the logits in different orders (1e-5, see test_gpt.py).
-SCORE_TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 class RenormalisedEosBias(transformers.LogitsProcessor):
@@ -112,7 +112,7 @@ def transformers_beams(
 def assert_same_hypotheses(ours: list, theirs: list) -> None:
     assert [tokens for tokens, _ in ours] == [tokens for tokens, _ in theirs]
     torch.testing.assert_close(
-        torch.tensor([s for _, s in ours]), torch.tensor([s for _, s in theirs]), **SCORE_TOL
+        torch.tensor([s for _, s in ours]), torch.tensor([s for _, s in theirs]), **FLOAT32
     )
 
 
@@ -175,7 +175,7 @@ def test_beam_size_one_is_greedy_decoding(lp: float) -> None:
         assert tokens == greedy[0].tolist()
         generated = greedy[0, PROMPT_LEN:]  # (n,)
         total = logits[0].log_softmax(dim=-1).gather(1, generated[:, None]).sum()
-        torch.testing.assert_close(score, (total / len(generated) ** lp).item(), **SCORE_TOL)
+        torch.testing.assert_close(score, (total / len(generated) ** lp).item(), **FLOAT32)
 
 
 @pytest.mark.parametrize(("k", "lp", "eos_bias"), [(1, 1.0, 0.0), (3, 0.0, 4.0), (4, 2.0, 4.0)])

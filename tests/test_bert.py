@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tolerances import FLOAT32
 from torch import nn
 
 from snippets.bert import (
@@ -26,7 +27,6 @@ from snippets.bert import (
 transformers = pytest.importorskip("transformers")
 
 # float32 on CPU, the same operations in a different order: agreement to a few ulps of O(1) values.
-TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 TINY = BertConfig(
     vocab_size=99, d_model=32, n_layers=2, n_heads=4, d_ff=37, max_position=64, dropout=0.0
@@ -93,8 +93,8 @@ def test_bert_model_matches_transformers():
         hidden, pooled = ours(ids, types, mask)
         ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
     # Padded positions too: both models mask only keys, so pad queries still get outputs.
-    torch.testing.assert_close(hidden, ref.last_hidden_state, **TOL)
-    torch.testing.assert_close(pooled, ref.pooler_output, **TOL)
+    torch.testing.assert_close(hidden, ref.last_hidden_state, **FLOAT32)
+    torch.testing.assert_close(pooled, ref.pooler_output, **FLOAT32)
 
 
 def test_pretraining_heads_match_transformers():
@@ -123,10 +123,12 @@ def test_pretraining_heads_match_transformers():
             labels=labels,
             next_sentence_label=is_next,
         )
-    torch.testing.assert_close(mlm, ref.prediction_logits, **TOL)
-    torch.testing.assert_close(nsp, ref.seq_relationship_logits, **TOL)
+    torch.testing.assert_close(mlm, ref.prediction_logits, **FLOAT32)
+    torch.testing.assert_close(nsp, ref.seq_relationship_logits, **FLOAT32)
     mlm_loss, nsp_loss = pretraining_loss(mlm, labels, nsp, is_next)
-    torch.testing.assert_close(mlm_loss + nsp_loss, ref.loss, **TOL)  # transformers sums the two
+    torch.testing.assert_close(
+        mlm_loss + nsp_loss, ref.loss, **FLOAT32
+    )  # transformers sums the two
 
 
 @settings(max_examples=15, deadline=None)
@@ -162,7 +164,7 @@ def test_layer_is_torch_post_ln_encoder_layer_with_gelu(L, n_heads, pad, seed):
     with torch.no_grad():
         out = ours(x, real[:, None, None, :])
         expected = ref(x, src_key_padding_mask=~real)  # torch: True = ignore
-    torch.testing.assert_close(out[real], expected[real], **TOL)
+    torch.testing.assert_close(out[real], expected[real], **FLOAT32)
 
 
 def test_padding_does_not_change_real_positions():
@@ -174,8 +176,8 @@ def test_padding_does_not_change_real_positions():
     with torch.no_grad():
         h, pooled = model(ids)
         h_pad, pooled_pad = model(padded, attention_mask=mask)
-    torch.testing.assert_close(h_pad[:, :6], h, **TOL)
-    torch.testing.assert_close(pooled_pad, pooled, **TOL)
+    torch.testing.assert_close(h_pad[:, :6], h, **FLOAT32)
+    torch.testing.assert_close(pooled_pad, pooled, **FLOAT32)
 
 
 def test_a_later_token_changes_an_earlier_position():
@@ -390,9 +392,9 @@ def test_training_mode_dropout_matches_transformers():
     dropped = ours(ids, types, mask)
     torch.manual_seed(5)
     expected = hf(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
-    torch.testing.assert_close(dropped, expected, **TOL)
+    torch.testing.assert_close(dropped, expected, **FLOAT32)
     with torch.no_grad():
-        assert not torch.allclose(ours.eval()(ids, types, mask), dropped, **TOL)  # it did drop
+        assert not torch.allclose(ours.eval()(ids, types, mask), dropped, **FLOAT32)  # it did drop
 
 
 def test_inputs_and_positions_fill_exactly():

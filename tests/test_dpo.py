@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tolerances import FLOAT32
 
 from snippets.dpo import binarize, dpo_loss, pack, sequence_logprobs, sft_loss
 from snippets.gpt import GPT, GPTConfig, from_gpt2_state_dict
 
 # float32 on CPU; sums of a few dozen log-probabilities.
-TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 logp = st.floats(min_value=-60.0, max_value=0.0, allow_nan=False, width=32)
 
@@ -118,12 +118,12 @@ def test_sequence_logprobs_is_a_gather_over_response_tokens(
     for b, (n, m) in enumerate(lengths):
         # Response token t (position n + t) is predicted by the logits at position n + t - 1.
         direct = sum(logits[b, n + t - 1].log_softmax(-1)[responses[b][t]] for t in range(m))
-        torch.testing.assert_close(ours[b], torch.as_tensor(direct), **TOL)
+        torch.testing.assert_close(ours[b], torch.as_tensor(direct), **FLOAT32)
     # Prompt and padding are excluded: their predictions may change without changing the result.
     predicts_response = torch.zeros_like(mask)
     predicts_response[:, :-1] = mask[:, 1:]  # logits at t predict token t + 1
     noisy = torch.where(predicts_response[..., None], logits, logits + 5 * torch.randn_like(logits))
-    torch.testing.assert_close(sequence_logprobs(noisy, ids, mask), ours, **TOL)
+    torch.testing.assert_close(sequence_logprobs(noisy, ids, mask), ours, **FLOAT32)
 
 
 def test_pack_right_pads_and_marks_responses() -> None:
@@ -220,14 +220,16 @@ def test_matches_trl_sigmoid_dpo_loss(tmp_path, monkeypatch) -> None:
             with torch.no_grad():
                 loss = trainer.compute_loss(trainer.model, one)
             metrics = trainer._metrics["train" if trainer.model.training else "eval"]
-            torch.testing.assert_close(loss, losses[i], **TOL)
-            torch.testing.assert_close(metrics["logps/chosen"][-1], logps[i].item(), **TOL)
-            torch.testing.assert_close(metrics["logps/rejected"][-1], logps[i + 3].item(), **TOL)
+            torch.testing.assert_close(loss, losses[i], **FLOAT32)
+            torch.testing.assert_close(metrics["logps/chosen"][-1], logps[i].item(), **FLOAT32)
             torch.testing.assert_close(
-                metrics["rewards/chosen"][-1], chosen_rewards[i].item(), **TOL
+                metrics["logps/rejected"][-1], logps[i + 3].item(), **FLOAT32
             )
             torch.testing.assert_close(
-                metrics["rewards/rejected"][-1], rejected_rewards[i].item(), **TOL
+                metrics["rewards/chosen"][-1], chosen_rewards[i].item(), **FLOAT32
+            )
+            torch.testing.assert_close(
+                metrics["rewards/rejected"][-1], rejected_rewards[i].item(), **FLOAT32
             )
     assert not torch.allclose(losses, torch.full_like(losses, math.log(2)))  # distinct models
 

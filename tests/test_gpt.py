@@ -7,12 +7,12 @@ import torch
 
 pytest.importorskip("transformers", reason="the cross-checks compare with transformers' GPT-2")
 from reference_models import tiny_gpt2_pair
+from tolerances import FLOAT32
 
 from snippets.attention import MultiHeadAttention
 from snippets.gpt import GPT, GPTConfig, from_gpt2_state_dict
 
 # float32 on CPU: the two models sum the same products in different orders.
-TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (2, 7), (3, 32)])
@@ -20,7 +20,7 @@ def test_logits_match_transformers_gpt2(shape: tuple[int, int]) -> None:
     hf, ours = tiny_gpt2_pair()
     idx = torch.randint(0, 61, shape)
     with torch.no_grad():
-        torch.testing.assert_close(ours(idx), hf(idx).logits, **TOL)
+        torch.testing.assert_close(ours(idx), hf(idx).logits, **FLOAT32)
 
 
 def test_logits_match_transformers_where_the_gelu_approximation_shows() -> None:
@@ -36,9 +36,9 @@ def test_logits_match_transformers_where_the_gelu_approximation_shows() -> None:
     idx = torch.randint(0, 61, (3, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         theirs = hf(idx).logits
-        torch.testing.assert_close(ours(idx), theirs, **TOL)
+        torch.testing.assert_close(ours(idx), theirs, **FLOAT32)
         # The check has the power to tell the two apart: exact GELU misses GPT-2 by ~1e-3.
-        assert not torch.allclose(exact(idx).logits, theirs, **TOL)
+        assert not torch.allclose(exact(idx).logits, theirs, **FLOAT32)
 
 
 def test_cached_forward_matches_full_forward() -> None:
@@ -51,7 +51,7 @@ def test_cached_forward_matches_full_forward() -> None:
         parts = [ours(idx[:, :5], cache)]
         parts += [ours(idx[:, t : t + 1], cache) for t in range(5, 9)]
         parts.append(ours(idx[:, 9:], cache))
-    torch.testing.assert_close(torch.cat(parts, dim=1), full, **TOL)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, **FLOAT32)
     assert len(cache[0]) == 12
 
 
@@ -150,9 +150,9 @@ def test_training_mode_dropout_matches_transformers_gpt2() -> None:
     torch.manual_seed(5)
     dropped = ours(idx)
     torch.manual_seed(5)
-    torch.testing.assert_close(dropped, hf(idx).logits, **TOL)
+    torch.testing.assert_close(dropped, hf(idx).logits, **FLOAT32)
     with torch.no_grad():
-        assert not torch.allclose(ours.eval()(idx), dropped, **TOL)  # it did drop
+        assert not torch.allclose(ours.eval()(idx), dropped, **FLOAT32)  # it did drop
 
 
 def test_cache_with_a_one_layer_model() -> None:
@@ -164,4 +164,4 @@ def test_cache_with_a_one_layer_model() -> None:
     with torch.no_grad():
         cache = model.new_cache()
         steps = [model(idx[:, :5], cache)] + [model(idx[:, t : t + 1], cache) for t in range(5, 8)]
-        torch.testing.assert_close(torch.cat(steps, dim=1), model(idx), **TOL)
+        torch.testing.assert_close(torch.cat(steps, dim=1), model(idx), **FLOAT32)

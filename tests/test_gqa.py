@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("transformers", reason="the cross-checks compare with transformers' Llama")
+from tolerances import FLOAT32
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,
@@ -42,7 +43,6 @@ from snippets.gqa import (
     mean_pool_kv_heads,
 )
 
-TOL = {"rtol": 1e-5, "atol": 1e-5}
 KIB, MIB = 1024, 1024**2
 
 
@@ -76,7 +76,7 @@ def test_matches_torch(n_kv_heads: int, causal: bool, how: str) -> None:
     x = torch.randn(3, 10, 64)
     mask = causal_mask(10) if causal else None
     torch.testing.assert_close(
-        attn(x, mask=mask), reference(attn, x, x, how, is_causal=causal), **TOL
+        attn(x, mask=mask), reference(attn, x, x, how, is_causal=causal), **FLOAT32
     )
 
 
@@ -102,7 +102,7 @@ def test_matches_sdpa_any_heads_and_mask(n_heads, group_divisor, head_dim, batch
     mask = torch.rand(batch, n_heads, lq, lk, generator=gen) < 0.7
     mask[..., 0] = True  # every query sees at least one key (an all-masked row is undefined)
     expected = reference(attn, x, context, "sdpa", attn_mask=mask)
-    torch.testing.assert_close(attn(x, context=context, mask=mask), expected, **TOL)
+    torch.testing.assert_close(attn(x, context=context, mask=mask), expected, **FLOAT32)
 
 
 def test_grouped_query_attention_weights_match_repeat() -> None:
@@ -112,8 +112,8 @@ def test_grouped_query_attention_weights_match_repeat() -> None:
     out, weights = grouped_query_attention(q, k, v)
     k_rep = k.repeat_interleave(4, dim=1)  # (B, H, Lk, d)
     ref_weights = (q @ k_rep.transpose(-2, -1) / math.sqrt(4)).softmax(-1)  # (B, H, Lq, Lk)
-    torch.testing.assert_close(weights, ref_weights, **TOL)
-    torch.testing.assert_close(out, ref_weights @ v.repeat_interleave(4, dim=1), **TOL)
+    torch.testing.assert_close(weights, ref_weights, **FLOAT32)
+    torch.testing.assert_close(out, ref_weights @ v.repeat_interleave(4, dim=1), **FLOAT32)
     with pytest.raises(ValueError):
         grouped_query_attention(
             torch.randn(1, 6, 2, 4), torch.randn(1, 4, 2, 4), torch.randn(1, 4, 2, 4)
@@ -129,7 +129,7 @@ def test_kv_cache_incremental_equals_full(n_kv_heads: int) -> None:
     cache = KVCache()
     steps = [attn(x[:, :4], mask=causal_mask(4), cache=cache)]  # prefill 4 positions
     steps += [attn(x[:, t : t + 1], cache=cache) for t in range(4, 12)]  # then one at a time
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, **TOL)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, **FLOAT32)
     assert cache.k.shape == (2, n_kv_heads, 12, 8)  # only the K/V heads are cached
 
 
@@ -180,8 +180,8 @@ def test_llama_attention_without_rotary() -> None:
     identity = (torch.ones(2, 9, 8), torch.zeros(2, 9, 8))  # (B, L, head_dim) each
     expected, expected_weights = llama(x, identity, attention_mask=additive_causal_mask(9))
     out, weights = ours(x, mask=causal_mask(9), need_weights=True)
-    torch.testing.assert_close(out, expected, **TOL)
-    torch.testing.assert_close(weights, expected_weights, **TOL)
+    torch.testing.assert_close(out, expected, **FLOAT32)
+    torch.testing.assert_close(weights, expected_weights, **FLOAT32)
 
 
 def test_llama_attention_with_rotary() -> None:
@@ -197,7 +197,7 @@ def test_llama_attention_with_rotary() -> None:
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     out, _ = grouped_query_attention(q, k, v, causal_mask(9))  # (B, 8, L, hd)
     out = ours.o_proj(out.transpose(1, 2).reshape(2, 9, 64))  # (B, L, d_model)
-    torch.testing.assert_close(out, expected, **TOL)
+    torch.testing.assert_close(out, expected, **FLOAT32)
 
 
 def test_param_count_matches_llama_attention() -> None:
@@ -310,11 +310,11 @@ def test_pooled_heads_are_group_means(n_heads, n_kv_index, head_dim, bias) -> No
                 old.weight[i * head_dim : (i + 1) * head_dim] for i in range(j * G, (j + 1) * G)
             ]
             new_rows = new.weight[j * head_dim : (j + 1) * head_dim]
-            torch.testing.assert_close(new_rows, torch.stack(rows).mean(0), **TOL)
+            torch.testing.assert_close(new_rows, torch.stack(rows).mean(0), **FLOAT32)
             if bias:
                 b = [old.bias[i * head_dim : (i + 1) * head_dim] for i in range(j * G, (j + 1) * G)]
                 new_b = new.bias[j * head_dim : (j + 1) * head_dim]
-                torch.testing.assert_close(new_b, torch.stack(b).mean(0), **TOL)
+                torch.testing.assert_close(new_b, torch.stack(b).mean(0), **FLOAT32)
     for name in ("q_proj", "o_proj"):  # untouched
         assert torch.equal(getattr(pooled, name).weight, getattr(attn, name).weight)
 
@@ -334,11 +334,11 @@ def test_group_means_undo_repeated_heads() -> None:
                 getattr(gqa, name).bias.view(2, 1, 8).expand(2, 4, 8).reshape(64)
             )
     x = torch.randn(2, 7, 64)
-    torch.testing.assert_close(mha(x), gqa(x), **TOL)
+    torch.testing.assert_close(mha(x), gqa(x), **FLOAT32)
     back = mean_pool_kv_heads(mha, 2)
-    torch.testing.assert_close(back.k_proj.weight, gqa.k_proj.weight, **TOL)
-    torch.testing.assert_close(group_means(mha.v_proj.bias, 2, 8), gqa.v_proj.bias, **TOL)
-    torch.testing.assert_close(back(x), gqa(x), **TOL)
+    torch.testing.assert_close(back.k_proj.weight, gqa.k_proj.weight, **FLOAT32)
+    torch.testing.assert_close(group_means(mha.v_proj.bias, 2, 8), gqa.v_proj.bias, **FLOAT32)
+    torch.testing.assert_close(back(x), gqa(x), **FLOAT32)
 
 
 def test_convert_gpt_to_gqa() -> None:

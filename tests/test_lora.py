@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tolerances import ONE_LAYER
 from torch import nn
 
 from snippets.gpt import GPT, GPTConfig
@@ -17,7 +18,6 @@ from snippets.lora import LoRALinear, add_lora, count_parameters, merge_lora
 peft = pytest.importorskip("peft", reason="peft is the reference LoRA implementation")
 
 # float32 on CPU: the same products, summed in the same order, up to how the matmuls are blocked.
-TOL = {"rtol": 1e-6, "atol": 1e-6}
 
 
 def peft_and_ours(
@@ -54,7 +54,7 @@ def test_matches_peft_lora_layer(d_in, d_out, r, alpha, bias, lead, seed) -> Non
     assert ours.scaling == theirs.scaling["default"] == alpha / r
     x = torch.randn(*lead, d_in)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), theirs(x), **TOL)
+        torch.testing.assert_close(ours(x), theirs(x), **ONE_LAYER)
 
 
 def test_same_trainable_parameters_as_peft() -> None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tolerances import FLOAT32
 from torch import nn
 
 from snippets.attention import MultiHeadAttention
@@ -35,7 +36,6 @@ from snippets.transformer import (
     sinusoidal_positions,
 )
 
-TOL = {"atol": 1e-5, "rtol": 1e-5}
 TINY = TransformerConfig(vocab_size=13, d_model=16, n_heads=4, d_ff=32, n_layers=2, dropout=0.0)
 
 
@@ -82,9 +82,9 @@ def test_encoder_layer_matches_torch(padded: bool) -> None:
             out = own(x, mask=keep[:, None, None, :])
             expected = ref(x, src_key_padding_mask=~keep)
             # torch may zero padded positions; compare real tokens only.
-            torch.testing.assert_close(out[keep], expected[keep], **TOL)
+            torch.testing.assert_close(out[keep], expected[keep], **FLOAT32)
         else:
-            torch.testing.assert_close(own(x), ref(x), **TOL)
+            torch.testing.assert_close(own(x), ref(x), **FLOAT32)
 
 
 def test_decoder_layer_matches_torch() -> None:
@@ -101,7 +101,7 @@ def test_decoder_layer_matches_torch() -> None:
     with torch.no_grad():
         out, weights = own(y, memory, memory_mask=keep[:, None, None, :], need_weights=True)
         expected = ref(y, memory, tgt_mask=future, memory_key_padding_mask=~keep)
-    torch.testing.assert_close(out, expected, **TOL)
+    torch.testing.assert_close(out, expected, **FLOAT32)
     assert weights.shape == (2, TINY.n_heads, 5, 7)  # (B, h, Lt, Ls): queries from the decoder
     assert (weights[1, :, :, 3:] == 0).all()  # padded source positions get no attention
 
@@ -111,7 +111,7 @@ def test_ffn_is_equation_2() -> None:
     ffn = PositionwiseFFN(8, 32)
     x = torch.randn(2, 3, 8)
     W1, b1, W2, b2 = ffn.linear1.weight.T, ffn.linear1.bias, ffn.linear2.weight.T, ffn.linear2.bias
-    torch.testing.assert_close(ffn(x), torch.clamp(x @ W1 + b1, min=0) @ W2 + b2, **TOL)
+    torch.testing.assert_close(ffn(x), torch.clamp(x @ W1 + b1, min=0) @ W2 + b2, **FLOAT32)
 
 
 def test_module_parameter_counts_of_the_base_model() -> None:
@@ -180,7 +180,7 @@ def test_embeddings_are_scaled_by_sqrt_d_model() -> None:
     model = Transformer(TINY).eval()
     ids = torch.tensor([[3, 1, 4]])
     expected = model.src_embed(ids) * math.sqrt(TINY.d_model) + sinusoidal_positions(3, 16)
-    torch.testing.assert_close(model.embed(ids, model.src_embed), expected, **TOL)
+    torch.testing.assert_close(model.embed(ids, model.src_embed), expected, **FLOAT32)
 
 
 @pytest.mark.parametrize("j", [1, 3, 5])
@@ -204,7 +204,7 @@ def test_padded_source_tokens_are_ignored() -> None:
     other = src.clone()
     other[0, 4:] = (src[0, 4:] + 5) % 13  # change only the padding
     with torch.no_grad():
-        torch.testing.assert_close(model(src, tgt, keep), model(other, tgt, keep), **TOL)
+        torch.testing.assert_close(model(src, tgt, keep), model(other, tgt, keep), **FLOAT32)
 
 
 def test_sequences_longer_than_max_len_raise() -> None:
@@ -220,7 +220,7 @@ def test_label_smoothed_loss_matches_torch(eps: float) -> None:
     torch.testing.assert_close(
         label_smoothed_cross_entropy(logits, target, eps),
         F.cross_entropy(logits, target, label_smoothing=eps),
-        **TOL,
+        **FLOAT32,
     )
 
 
@@ -292,7 +292,7 @@ def test_whole_model_matches_torch_stacks_without_final_norms() -> None:
     with torch.no_grad():
         memory = model.encode(src, keep)
         expected = enc(model.embed(src, model.src_embed), src_key_padding_mask=~keep)
-        torch.testing.assert_close(memory[keep], expected[keep], **TOL)
+        torch.testing.assert_close(memory[keep], expected[keep], **FLOAT32)
         logits, weights = model.decode(tgt, memory, keep, need_weights=True)
         hidden = dec(
             model.embed(tgt, model.tgt_embed),
@@ -300,7 +300,7 @@ def test_whole_model_matches_torch_stacks_without_final_norms() -> None:
             tgt_mask=future,
             memory_key_padding_mask=~keep,
         )
-        torch.testing.assert_close(logits, model.out_proj(hidden), **TOL)
+        torch.testing.assert_close(logits, model.out_proj(hidden), **FLOAT32)
     assert len(weights) == TINY.n_layers
     assert all(w.shape == (2, TINY.n_heads, 5, 7) and (w[1, ..., 4:] == 0).all() for w in weights)
 
