@@ -24,7 +24,9 @@ from snippets.bert import (
     wordpiece,
 )
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip(
+    "transformers", reason="the cross-checks compare with transformers' BERT"
+)
 
 # float32 on CPU, the same operations in a different order: agreement to a few ulps of O(1) values.
 

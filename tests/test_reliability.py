@@ -259,3 +259,34 @@ def test_the_executor_names_a_notebook_whose_cell_runs_too_long(mini_site):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]  # after what the interrupted kernel printed
     assert last.startswith(f"{mini_site / NOTEBOOK}: a cell ran longer than 2 s and was stopped")
+
+
+# --- an optional reference library that is not installed ---------------------------------------
+
+CROSS_CHECKS = {  # test module: the reference library it compares with
+    "test_gpt.py": "transformers",
+    "test_gqa.py": "transformers",
+    "test_decoding.py": "transformers",
+    "test_bert.py": "transformers",
+    "test_beam_search.py": "transformers",
+    "test_lora.py": "peft",
+}
+
+
+def test_without_transformers_or_peft_the_cross_checks_skip_with_their_reason():
+    """With both libraries unimportable (None in sys.modules makes `import` raise ImportError),
+    each cross-check module is skipped, the reason naming what it needed: no error, no pass."""
+    hide = (
+        "import sys; sys.modules.update(transformers=None, peft=None); import pytest; "
+        f"raise SystemExit(pytest.main({['-p', 'no:cacheprovider', '-rs', *CROSS_CHECKS]!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", hide], cwd=ROOT / "tests", capture_output=True, text=True
+    )
+    out = done.stdout
+    assert done.returncode == pytest.ExitCode.NO_TESTS_COLLECTED, out  # all skipped whole
+    assert f"{len(CROSS_CHECKS)} skipped" in out and "passed" not in out and "error" not in out, out
+    skips = [line for line in out.splitlines() if line.startswith("SKIPPED")]
+    for module, library in CROSS_CHECKS.items():
+        [line] = [s for s in skips if module in s]
+        assert library in line and "SKIPPED [1]" in line, line
