@@ -129,22 +129,8 @@ def speed_up_case(
     note: str,
 ) -> Case:
     """A case whose target is a speed-up: baseline median / candidate median >= ``at_least``."""
-    base, cand = statistics.median(baseline[1]), statistics.median(candidate[1])
-    ratio = base / cand
-    return Case(
-        id=id,
-        title=title,
-        baseline=baseline[0],
-        candidate=candidate[0],
-        baseline_median_s=base,
-        candidate_median_s=cand,
-        ratio=ratio,
-        target=f"≥ {at_least:g}x faster",
-        target_value=at_least,
-        met=ratio >= at_least,
-        note=note,
-        rounds=len(baseline[1]),
-    )
+    ratio = statistics.median(baseline[1]) / statistics.median(candidate[1])
+    return _case(id, title, baseline, candidate, ratio, f"≥ {at_least:g}x faster", at_least, note)
 
 
 def ours_vs_transformers_case(
@@ -156,21 +142,26 @@ def ours_vs_transformers_case(
 ) -> Case:
     """A case whose target is ours at least as fast: our median / transformers' median <= 1.
     ``note`` may use ``{ratio}``."""
-    base, cand = statistics.median(baseline[1]), statistics.median(ours[1])
-    ratio = cand / base
+    ratio = statistics.median(ours[1]) / statistics.median(baseline[1])
+    note = note.format(ratio=f"{ratio:.2f}")
+    return _case(id, title, baseline, ours, ratio, "ours/theirs ≤ 1", 1.0, note, at_most=True)
+
+
+def _case(id, title, baseline, candidate, ratio, target, target_value, note, at_most=False) -> Case:
+    """The Case of two timed series (name, seconds per round); ``ratio`` already oriented."""
     return Case(
         id=id,
         title=title,
         baseline=baseline[0],
-        candidate=ours[0],
-        baseline_median_s=base,
-        candidate_median_s=cand,
+        candidate=candidate[0],
+        baseline_median_s=statistics.median(baseline[1]),
+        candidate_median_s=statistics.median(candidate[1]),
         ratio=ratio,
-        target="ours/theirs ≤ 1",
-        target_value=1.0,
-        met=ratio <= 1.0,
-        note=note.format(ratio=f"{ratio:.2f}"),
-        rounds=len(ours[1]),
+        target=target,
+        target_value=target_value,
+        met=ratio <= target_value if at_most else ratio >= target_value,
+        note=note,
+        rounds=len(candidate[1]),
     )
 
 
