@@ -900,7 +900,8 @@ def render(results: dict[str, Any]) -> str:
         f"{m['cpu']}, {m['cores']} cores, ATen kernels {m['aten_capability']}, "
         f"{m['threads']} torch thread{'s' * (m['threads'] > 1)}, device {m['device']}; "
         f"torch {m['torch']}, Python {m['python']}. Measured {m['date']}; load average "
-        f"{m['load_average']} at the start (other work on the machine).",
+        f"{m['load_average']} at the start"
+        + (" (other work on the machine)." if m["load_average"] >= 0.5 else "."),
         "",
     ]
     if m.get("quick"):
@@ -932,6 +933,9 @@ def render(results: dict[str, Any]) -> str:
         lines += [decode_figure(decode), ""]
     lines += [
         "## Budgets",
+        "",
+        "A notebook's seconds are those of its nbval run in `make unit`, where two pytest workers "
+        "run side by side; the test command's are `make test`'s after setup (lint, unit, site).",
         "",
         "| Budget | Measured | Target | Result | Source |",
         "|---|---|---|---|---|",
