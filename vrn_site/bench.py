@@ -147,7 +147,17 @@ def ours_vs_transformers_case(
     return _case(id, title, baseline, ours, ratio, "ours/theirs ≤ 1", 1.0, note, at_most=True)
 
 
-def _case(id, title, baseline, candidate, ratio, target, target_value, note, at_most=False) -> Case:
+def _case(
+    id: str,
+    title: str,
+    baseline: tuple[str, list[float]],
+    candidate: tuple[str, list[float]],
+    ratio: float,
+    target: str,
+    target_value: float,
+    note: str,
+    at_most: bool = False,
+) -> Case:
     """The Case of two timed series (name, seconds per round); ``ratio`` already oriented."""
     return Case(
         id=id,
